@@ -1,0 +1,91 @@
+"""The contrastive critic f(s, a, g) = phi(s, a)^T psi(g) with the paper's stabilisers."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchrl.modules import MLP
+
+COLD_INIT_SCALE = 1e-12
+
+
+def make_encoder(
+    in_features: int,
+    out_features: int,
+    *,
+    hidden_dim: int,
+    num_layers: int,
+    use_layer_norm: bool,
+    cold_init: bool,
+    device: torch.device | str | None = None,
+) -> MLP:
+    """``num_layers`` hidden layers of ``hidden_dim`` units (Linear, LayerNorm, ReLU), then a linear output.
+
+    With ``cold_init`` the output layer starts at U[-1e-12, 1e-12] with a zero bias, so every logit of
+    the critic starts at ~0.
+    """
+    encoder = MLP(
+        in_features=in_features,
+        out_features=out_features,
+        num_cells=[hidden_dim] * num_layers,
+        activation_class=nn.ReLU,
+        norm_class=nn.LayerNorm if use_layer_norm else None,
+        norm_kwargs=[{"normalized_shape": hidden_dim}] * num_layers if use_layer_norm else None,
+        device=device,
+    )
+    if cold_init:
+        output_layer = encoder[-1]
+        nn.init.uniform_(output_layer.weight, -COLD_INIT_SCALE, COLD_INIT_SCALE)
+        nn.init.zeros_(output_layer.bias)
+    return encoder
+
+
+class ContrastiveCritic(nn.Module):
+    """``num_critics`` independent pairs of encoders phi(s, a) and psi(g).
+
+    Every method returns a leading critic dimension: representations are ``[num_critics, B, embed_dim]``.
+    """
+
+    def __init__(
+        self,
+        observation_dim: int,
+        action_dim: int,
+        goal_dim: int,
+        *,
+        embed_dim: int,
+        hidden_dim: int,
+        num_layers: int,
+        use_layer_norm: bool,
+        cold_init: bool,
+        num_critics: int = 1,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        encoder_kwargs = dict(
+            hidden_dim=hidden_dim,
+            num_layers=num_layers,
+            use_layer_norm=use_layer_norm,
+            cold_init=cold_init,
+            device=device,
+        )
+        self.state_action_encoders = nn.ModuleList(
+            make_encoder(observation_dim + action_dim, embed_dim, **encoder_kwargs)
+            for _ in range(num_critics)
+        )
+        self.goal_encoders = nn.ModuleList(
+            make_encoder(goal_dim, embed_dim, **encoder_kwargs) for _ in range(num_critics)
+        )
+
+    @property
+    def num_critics(self) -> int:
+        return len(self.goal_encoders)
+
+    def encode_state_action(self, observation: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return torch.stack([phi(observation, action) for phi in self.state_action_encoders])
+
+    def encode_goal(self, goal: torch.Tensor) -> torch.Tensor:
+        return torch.stack([psi(goal) for psi in self.goal_encoders])
+
+    def forward(
+        self, observation: torch.Tensor, action: torch.Tensor, goal: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encode_state_action(observation, action), self.encode_goal(goal)
