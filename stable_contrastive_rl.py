@@ -1,0 +1,131 @@
+"""Stable Contrastive RL: goal-conditioned contrastive RL (Zheng, Eysenbach et al., arXiv 2306.03346).
+
+The critic f(s, a, g) = phi(s, a)^T psi(g) learns by InfoNCE which goal, among the batch's, is a future
+state of each transition; the policy pi(a | s, g) picks actions that maximise it. Builders live in
+utils.py.
+"""
+from __future__ import annotations
+
+import time
+
+import hydra
+import numpy as np
+import torch
+import tqdm
+from tensordict import TensorDict
+from torchrl._utils import timeit
+from torchrl.record.loggers import generate_exp_name
+
+from contrastive_rl.envs import ConfigError
+from utils import (
+    STORED_KEYS,
+    evaluate,
+    get_device,
+    log_metrics,
+    make_agent,
+    make_collector,
+    make_environment,
+    make_logger,
+    make_loss_module,
+    make_optimizer,
+    make_replay_buffer,
+    train_episode_metrics,
+    validate_config,
+)
+
+LOSS_KEYS = ("loss_critic", "loss_actor", "loss_alpha")
+METRIC_KEYS = ("alpha", "entropy", "logits_accuracy", "logits_positive", "logits_negative")
+
+
+@hydra.main(version_base="1.1", config_path="", config_name="config")
+def main(cfg: "DictConfig"):  # noqa: F821
+    try:
+        env_name = validate_config(cfg)
+    except ConfigError as error:
+        raise SystemExit(f"error: {error}") from None
+    device = get_device(cfg)
+    torch.manual_seed(cfg.env.seed)
+    np.random.seed(cfg.env.seed)
+
+    exp_name = generate_exp_name("StableContrastiveRL", cfg.logger.exp_name)
+    logger = make_logger(cfg, exp_name)
+
+    train_env, eval_env = make_environment(cfg, env_name)
+    actor, critic = make_agent(cfg, train_env, device)
+    loss_module = make_loss_module(cfg, actor, critic)
+    optimizer = make_optimizer(cfg, loss_module)
+    collector = make_collector(cfg, train_env, actor, device)
+    replay_buffer = make_replay_buffer(cfg, device)
+
+    def update(batch: TensorDict) -> TensorDict:
+        loss_td = loss_module(batch)
+        sum(loss_td[key] for key in LOSS_KEYS).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss_td.detach()
+
+    num_envs = cfg.collector.num_envs
+    collected_frames = 0
+    num_updates = 0
+    update_credit = 0.0
+    next_eval = cfg.logger.eval_interval
+    start_time = time.perf_counter()
+    pbar = tqdm.tqdm(total=cfg.collector.total_frames, unit="frames")
+
+    collector_iter = iter(collector)
+    for _ in range(len(collector)):
+        with timeit("collect"):
+            batch = next(collector_iter)
+        frames = batch.numel()
+        collected_frames += frames
+        pbar.update(frames)
+
+        with timeit("rb - extend"):
+            replay_buffer.extend(batch.reshape(num_envs, -1).select(*STORED_KEYS))
+
+        metrics = train_episode_metrics(batch)
+        if collected_frames >= cfg.collector.init_random_frames:
+            update_credit += frames * cfg.optim.utd_ratio
+            batch_updates = int(update_credit)
+            update_credit -= batch_updates
+            losses = []
+            for _ in range(batch_updates):
+                with timeit("rb - sample"):
+                    sample = replay_buffer.sample()
+                with timeit("update"):
+                    losses.append(update(sample).select(*LOSS_KEYS, *METRIC_KEYS))
+            num_updates += batch_updates
+            collector.update_policy_weights_()
+            if losses:
+                losses = torch.stack(losses).mean()
+                metrics.update({f"train/{key}": losses[key].item() for key in losses.keys()})
+
+        if collected_frames >= next_eval or collected_frames >= cfg.collector.total_frames:
+            next_eval += cfg.logger.eval_interval
+            with timeit("eval"):
+                eval_metrics = evaluate(eval_env, actor, cfg.env.max_steps)
+            metrics.update({f"eval/{key}": value for key, value in eval_metrics.items()})
+            pbar.set_postfix(success=f"{eval_metrics['success_final']:.2f}")
+
+        elapsed = time.perf_counter() - start_time
+        metrics.update(
+            {
+                "train/frames_per_second": collected_frames / elapsed,
+                "train/updates_per_second": num_updates / elapsed,
+                "train/num_updates": num_updates,
+                "train/elapsed_seconds": elapsed,
+            }
+        )
+        if logger is not None:
+            metrics.update(timeit.todict(prefix="time"))
+            log_metrics(logger, metrics, collected_frames)
+
+    pbar.close()
+    collector.shutdown()
+    for env in (eval_env, train_env):
+        if not env.is_closed:
+            env.close()
+
+
+if __name__ == "__main__":
+    main()

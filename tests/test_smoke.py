@@ -1,0 +1,38 @@
+"""The training script end to end with tiny frames, as CI's smoke run."""
+import csv
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, TINY_OVERRIDES
+
+
+def read_scalar(run_dir, name):
+    [path] = run_dir.glob(f"logs/*/scalars/{name}.csv")
+    with open(path) as f:
+        return [(int(step), float(value)) for step, value in csv.reader(f)]
+
+
+@pytest.mark.parametrize(
+    "env_overrides",
+    [
+        ["env.env_name=FetchReach-v3"],
+        ["env.env_name=PointMaze_UMaze-v3", "env.max_steps=100", "collector.num_envs=2"],
+    ],
+    ids=["FetchReach", "PointMaze"],
+)
+def test_script_runs_end_to_end(tmp_path, env_overrides):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "stable_contrastive_rl.py"), *TINY_OVERRIDES, *env_overrides,
+         f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    success = read_scalar(tmp_path, "eval/success_final")
+    assert [step for step, _ in success] == [200, 400]
+    assert all(0.0 <= value <= 1.0 for _, value in success)
+    loss = read_scalar(tmp_path, "train/loss_critic")
+    assert loss and all(value == value for _, value in loss)  # finite, not NaN
+    updates = read_scalar(tmp_path, "train/num_updates")
+    assert updates[-1][1] == pytest.approx(0.05 * 400)

@@ -1,0 +1,368 @@
+"""Builders of the Stable Contrastive RL example: config checks, envs, collector, replay buffer,
+networks, loss, optimizers, logger and evaluation."""
+from __future__ import annotations
+
+import functools
+
+import gymnasium as gym
+import torch
+from tensordict import TensorDict
+from tensordict.nn import InteractionType, TensorDictModule, TensorDictSequential
+from tensordict.nn.distributions import NormalParamExtractor
+from torch import nn
+from torchrl.collectors import Collector
+from torchrl.envs import (
+    Compose,
+    DoubleToFloat,
+    EnvCreator,
+    InitTracker,
+    ParallelEnv,
+    RewardSum,
+    SerialEnv,
+    StepCounter,
+    TransformedEnv,
+)
+from torchrl.envs.libs.gym import GymEnv
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+from torchrl.modules import MLP, ProbabilisticActor, TanhNormal
+from torchrl.record.loggers import get_logger
+
+from contrastive_rl.envs import (
+    ConfigError,
+    SuccessInfoReader,
+    check_goal_observation_space,
+    register_goal_envs,
+    resolve_env_name,
+)
+from contrastive_rl.loss import ContrastiveLoss
+from contrastive_rl.models import ContrastiveCritic
+from contrastive_rl.replay import FutureGoalReplayBuffer
+
+LOGGER_BACKENDS = ("wandb", "tensorboard", "csv", "")
+GOAL_KEY = "desired_goal"
+# What the loss and the goal relabelling read; the rest of a collected batch is not stored.
+STORED_KEYS = (
+    "observation",
+    "action",
+    GOAL_KEY,
+    ("next", "observation"),
+    ("next", "achieved_goal"),
+    ("next", "done"),
+)
+
+# ====================================================================
+# Config checks
+# -------------
+
+
+def validate_config(cfg) -> str:
+    """Check the config before anything starts; return the env id to use.
+
+    Raises ConfigError with one line naming the key, its value and what is allowed.
+    """
+    positive = {
+        "env.max_steps": cfg.env.max_steps,
+        "collector.total_frames": cfg.collector.total_frames,
+        "collector.frames_per_batch": cfg.collector.frames_per_batch,
+        "collector.num_envs": cfg.collector.num_envs,
+        "buffer.size": cfg.buffer.size,
+        "buffer.batch_size": cfg.buffer.batch_size,
+        "model.embed_dim": cfg.model.embed_dim,
+        "model.hidden_dim": cfg.model.hidden_dim,
+        "model.num_layers": cfg.model.num_layers,
+        "optim.lr": cfg.optim.lr,
+        "optim.utd_ratio": cfg.optim.utd_ratio,
+        "logger.eval_interval": cfg.logger.eval_interval,
+        "logger.num_eval_episodes": cfg.logger.num_eval_episodes,
+    }
+    for key, value in positive.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"{key}={value!r} is not allowed: it must be a positive number")
+    integers = [key for key in positive if key not in ("optim.lr", "optim.utd_ratio")]
+    for key in integers:
+        if not isinstance(positive[key], int):
+            raise ConfigError(f"{key}={positive[key]!r} is not allowed: it must be an integer")
+    if not isinstance(cfg.collector.init_random_frames, int) or cfg.collector.init_random_frames < 0:
+        raise ConfigError(
+            f"collector.init_random_frames={cfg.collector.init_random_frames!r} is not allowed: "
+            "it must be an integer >= 0"
+        )
+    if not 0.0 < cfg.loss.gamma < 1.0:
+        raise ConfigError(f"loss.gamma={cfg.loss.gamma!r} is not allowed: it must lie in (0, 1)")
+    if not 0.0 <= cfg.loss.random_goal_fraction <= 1.0:
+        raise ConfigError(
+            f"loss.random_goal_fraction={cfg.loss.random_goal_fraction!r} is not allowed: "
+            "it must lie in [0, 1]"
+        )
+    target_entropy = cfg.loss.target_entropy
+    if target_entropy != "auto" and not isinstance(target_entropy, (int, float)):
+        raise ConfigError(
+            f"loss.target_entropy={target_entropy!r} is not allowed: use a number or auto (-action_dim)"
+        )
+    if cfg.loss.auto_alpha and cfg.loss.alpha_init <= 0:
+        raise ConfigError(
+            f"loss.alpha_init={cfg.loss.alpha_init!r} is not allowed with loss.auto_alpha=true: "
+            "it must be positive"
+        )
+    num_envs = cfg.collector.num_envs
+    if cfg.collector.frames_per_batch % num_envs:
+        raise ConfigError(
+            f"collector.frames_per_batch={cfg.collector.frames_per_batch} is not allowed: "
+            f"it must be a multiple of collector.num_envs={num_envs}"
+        )
+    if cfg.buffer.size < cfg.collector.frames_per_batch:
+        raise ConfigError(
+            f"buffer.size={cfg.buffer.size} is not allowed: it must hold at least one collected "
+            f"batch (collector.frames_per_batch={cfg.collector.frames_per_batch})"
+        )
+    if cfg.buffer.batch_size > cfg.buffer.size:
+        raise ConfigError(
+            f"buffer.batch_size={cfg.buffer.batch_size} is not allowed: "
+            f"it must be <= buffer.size={cfg.buffer.size}"
+        )
+    backend = cfg.logger.backend or ""
+    if backend not in LOGGER_BACKENDS:
+        raise ConfigError(
+            f"logger.backend={backend!r} is not allowed: use one of wandb, tensorboard, csv, "
+            "or leave it empty for no logging"
+        )
+    env_name = resolve_env_name(cfg.env.env_name)
+    env = gym.make(env_name)
+    try:
+        check_goal_observation_space(env_name, env.observation_space)
+    finally:
+        env.close()
+    return env_name
+
+
+def get_device(cfg) -> torch.device:
+    if cfg.device:
+        return torch.device(cfg.device)
+    return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+
+
+# ====================================================================
+# Environment
+# -----------
+
+
+def env_maker(env_name: str, max_steps: int) -> GymEnv:
+    register_goal_envs()  # worker processes start with an empty gymnasium registry
+    env = GymEnv(env_name, max_episode_steps=max_steps)
+    env.set_info_dict_reader(SuccessInfoReader())
+    return env
+
+
+def apply_env_transforms(env, max_steps: int) -> TransformedEnv:
+    return TransformedEnv(
+        env,
+        Compose(InitTracker(), StepCounter(max_steps), DoubleToFloat(), RewardSum()),
+    )
+
+
+def make_environment(cfg, env_name: str) -> tuple[TransformedEnv, TransformedEnv]:
+    """Training env (``collector.num_envs`` copies in worker processes) and evaluation env
+    (``logger.num_eval_episodes`` copies stepped in turn, one episode each)."""
+    create_env = EnvCreator(
+        functools.partial(env_maker, env_name=env_name, max_steps=cfg.env.max_steps)
+    )
+    train_env = ParallelEnv(cfg.collector.num_envs, create_env, serial_for_single=True)
+    train_env.set_seed(cfg.env.seed)
+    train_env = apply_env_transforms(train_env, cfg.env.max_steps)
+
+    eval_env = SerialEnv(cfg.logger.num_eval_episodes, create_env)
+    eval_env.set_seed(cfg.env.seed + 10_000)
+    eval_env = apply_env_transforms(eval_env, cfg.env.max_steps)
+    return train_env, eval_env
+
+
+# ====================================================================
+# Collector and replay buffer
+# ---------------------------
+
+
+def make_collector(cfg, train_env, actor, device) -> Collector:
+    collector = Collector(
+        train_env,
+        actor,
+        frames_per_batch=cfg.collector.frames_per_batch,
+        total_frames=cfg.collector.total_frames,
+        init_random_frames=cfg.collector.init_random_frames,
+        policy_device=device,
+        env_device="cpu",
+        storing_device=device,
+    )
+    collector.set_seed(cfg.env.seed)
+    return collector
+
+
+def make_replay_buffer(cfg, device) -> FutureGoalReplayBuffer:
+    return FutureGoalReplayBuffer(
+        capacity=cfg.buffer.size,
+        num_envs=cfg.collector.num_envs,
+        batch_size=cfg.buffer.batch_size,
+        gamma=cfg.loss.gamma,
+        device=device,
+        goal_key=GOAL_KEY,
+    )
+
+
+# ====================================================================
+# Model
+# -----
+
+
+def make_agent(cfg, env, device) -> tuple[ProbabilisticActor, ContrastiveCritic]:
+    """The tanh-Gaussian policy pi(a | s, g) and the contrastive critic."""
+    observation_spec = env.observation_spec
+    observation_dim = observation_spec["observation"].shape[-1]
+    goal_dim = observation_spec[GOAL_KEY].shape[-1]
+    action_spec = env.full_action_spec_unbatched["action"].to(device)
+    action_dim = action_spec.shape[-1]
+    model = cfg.model
+    hidden_layers = model.num_layers
+
+    actor_net = MLP(
+        in_features=observation_dim + goal_dim,
+        out_features=2 * action_dim,
+        num_cells=[model.hidden_dim] * hidden_layers,
+        activation_class=nn.ReLU,
+        norm_class=nn.LayerNorm if model.use_layer_norm else None,
+        norm_kwargs=[{"normalized_shape": model.hidden_dim}] * hidden_layers
+        if model.use_layer_norm
+        else None,
+        device=device,
+    )
+    actor_module = TensorDictSequential(
+        TensorDictModule(actor_net, in_keys=["observation", GOAL_KEY], out_keys=["actor_params"]),
+        TensorDictModule(
+            NormalParamExtractor(scale_mapping="biased_softplus_1.0", scale_lb=1e-4),
+            in_keys=["actor_params"],
+            out_keys=["loc", "scale"],
+        ),
+    )
+    actor = ProbabilisticActor(
+        module=actor_module,
+        spec=action_spec,
+        in_keys=["loc", "scale"],
+        distribution_class=TanhNormal,
+        distribution_kwargs={
+            "low": action_spec.space.low,
+            "high": action_spec.space.high,
+            "tanh_loc": False,
+        },
+        default_interaction_type=InteractionType.RANDOM,
+    )
+    critic = ContrastiveCritic(
+        observation_dim,
+        action_dim,
+        goal_dim,
+        embed_dim=model.embed_dim,
+        hidden_dim=model.hidden_dim,
+        num_layers=hidden_layers,
+        use_layer_norm=model.use_layer_norm,
+        cold_init=model.cold_init,
+        num_critics=2 if model.twin_critics else 1,
+        device=device,
+    )
+    return actor, critic
+
+
+# ====================================================================
+# Loss and optimizers
+# -------------------
+
+
+def make_loss_module(cfg, actor, critic) -> ContrastiveLoss:
+    target_entropy = cfg.loss.target_entropy
+    if target_entropy == "auto":
+        target_entropy = -float(actor.spec["action"].shape[-1])
+    loss_module = ContrastiveLoss(
+        actor,
+        critic,
+        logsumexp_coef=cfg.loss.logsumexp_coef,
+        alpha_init=cfg.loss.alpha_init,
+        auto_alpha=cfg.loss.auto_alpha,
+        target_entropy=target_entropy,
+        random_goal_fraction=cfg.loss.random_goal_fraction,
+    )
+    loss_module.set_keys(goal=GOAL_KEY)
+    return loss_module
+
+
+def make_optimizer(cfg, loss_module: ContrastiveLoss) -> torch.optim.Optimizer:
+    """One Adam over critic, actor and (if tuned) entropy parameters: their losses touch disjoint
+    parameters, so a single step over their sum equals three separate steps."""
+    param_groups = [
+        {"params": list(loss_module.critic_network_params.values(True, True))},
+        {"params": list(loss_module.actor_network_params.values(True, True))},
+    ]
+    if cfg.loss.auto_alpha:
+        param_groups.append({"params": [loss_module.log_alpha]})
+    return torch.optim.Adam(param_groups, lr=cfg.optim.lr)
+
+
+# ====================================================================
+# Logging and evaluation
+# ----------------------
+
+
+def make_logger(cfg, exp_name: str):
+    if not cfg.logger.backend:
+        return None
+    return get_logger(
+        cfg.logger.backend,
+        logger_name="logs",
+        experiment_name=exp_name,
+        wandb_kwargs={
+            "mode": cfg.logger.mode,
+            "project": cfg.logger.project_name,
+            "config": dict(cfg),
+        },
+    )
+
+
+def log_metrics(logger, metrics: dict, step: int) -> None:
+    for name, value in metrics.items():
+        logger.log_scalar(name, value, step)
+
+
+def episode_metrics(rollout: TensorDict) -> dict[str, float]:
+    """Success at the last step and anywhere, final goal distance and return of the FIRST episode of
+    each env in a ``[num_envs, time]`` rollout."""
+    done = rollout["next", "done"].squeeze(-1)
+    done[:, -1] = True
+    last = done.int().argmax(-1)
+    in_episode = torch.arange(done.shape[-1], device=done.device) <= last.unsqueeze(-1)
+    rows = torch.arange(done.shape[0], device=done.device)
+    final = rollout["next"][rows, last]
+    success = rollout["next", "success"].squeeze(-1)
+    distance = (final["achieved_goal"] - final["desired_goal"]).norm(dim=-1)
+    return {
+        "success_final": final["success"].float().mean().item(),
+        "success_any": (success & in_episode).any(-1).float().mean().item(),
+        "final_goal_distance": distance.mean().item(),
+        "return": final["episode_reward"].mean().item(),
+        "episode_length": (last + 1).float().mean().item(),
+    }
+
+
+@torch.no_grad()
+def evaluate(eval_env, actor, max_steps: int) -> dict[str, float]:
+    """One episode per eval env on fresh desired goals, acting with the policy's mode."""
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        rollout = eval_env.rollout(
+            max_steps, actor, auto_cast_to_device=True, break_when_any_done=False
+        )
+    return episode_metrics(rollout)
+
+
+def train_episode_metrics(batch: TensorDict) -> dict[str, float]:
+    """Success and return of the training episodes that ended in a collected batch."""
+    done = batch["next", "done"]
+    if not done.any():
+        return {}
+    return {
+        "train/success_final": batch["next", "success"][done].float().mean().item(),
+        "train/return": batch["next", "episode_reward"][done].mean().item(),
+    }
