@@ -6,6 +6,7 @@ import functools
 
 import gymnasium as gym
 import torch
+from omegaconf import OmegaConf
 from tensordict import TensorDict
 from tensordict.nn import InteractionType, TensorDictModule, TensorDictSequential
 from tensordict.nn.distributions import NormalParamExtractor
@@ -317,7 +318,7 @@ def make_logger(cfg, exp_name: str):
         wandb_kwargs={
             "mode": cfg.logger.mode,
             "project": cfg.logger.project_name,
-            "config": dict(cfg),
+            "config": OmegaConf.to_container(cfg, resolve=True),
         },
     )
 

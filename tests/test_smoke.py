@@ -36,3 +36,19 @@ def test_script_runs_end_to_end(tmp_path, env_overrides):
     assert loss and all(value == value for _, value in loss)  # finite, not NaN
     updates = read_scalar(tmp_path, "train/num_updates")
     assert updates[-1][1] == pytest.approx(0.05 * 400)
+
+
+@pytest.mark.parametrize(
+    "backend,pattern",
+    [("wandb", "logs/wandb/offline-run-*/run-*.wandb"), ("tensorboard", "logs/*/events.out.tfevents.*")],
+)
+def test_logger_backends_write_without_network(tmp_path, backend, pattern):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "stable_contrastive_rl.py"), *TINY_OVERRIDES,
+         "collector.total_frames=200", f"logger.backend={backend}", "logger.mode=offline",
+         f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    files = list(tmp_path.glob(pattern))
+    assert files and files[0].stat().st_size > 0
