@@ -29,6 +29,7 @@ from utils import (
     make_loss_module,
     make_optimizer,
     make_replay_buffer,
+    make_target_updater,
     train_episode_metrics,
     validate_config,
 )
@@ -54,6 +55,7 @@ def main(cfg: "DictConfig"):  # noqa: F821
     actor, critic = make_agent(cfg, train_env, device)
     loss_module = make_loss_module(cfg, actor, critic)
     optimizer = make_optimizer(cfg, loss_module)
+    target_updater = make_target_updater(cfg, loss_module)
     collector = make_collector(cfg, train_env, actor, device)
     replay_buffer = make_replay_buffer(cfg, device)
 
@@ -62,6 +64,8 @@ def main(cfg: "DictConfig"):  # noqa: F821
         sum(loss_td[key] for key in LOSS_KEYS).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if target_updater is not None:
+            target_updater.step()
         return loss_td.detach()
 
     num_envs = cfg.collector.num_envs

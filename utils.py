@@ -25,7 +25,8 @@ from torchrl.envs import (
 )
 from torchrl.envs.libs.gym import GymEnv
 from torchrl.envs.utils import ExplorationType, set_exploration_type
-from torchrl.modules import MLP, ProbabilisticActor, TanhNormal
+from torchrl.modules import MLP, IndependentNormal, ProbabilisticActor, TanhNormal
+from torchrl.objectives import SoftUpdate
 from torchrl.record.loggers import get_logger
 
 from contrastive_rl.envs import (
@@ -35,11 +36,12 @@ from contrastive_rl.envs import (
     register_goal_envs,
     resolve_env_name,
 )
-from contrastive_rl.loss import ContrastiveLoss
-from contrastive_rl.models import ContrastiveCritic
+from contrastive_rl.loss import CONTRASTIVE_LOSSES, ENERGIES, ContrastiveLoss
+from contrastive_rl.models import ContrastiveCritic, FixedStdNormalHead
 from contrastive_rl.replay import FutureGoalReplayBuffer
 
 LOGGER_BACKENDS = ("wandb", "tensorboard", "csv", "")
+POLICIES = ("tanh_normal", "fixed_std_normal")
 GOAL_KEY = "desired_goal"
 # What the loss and the goal relabelling read; the rest of a collected batch is not stored.
 STORED_KEYS = (
@@ -88,6 +90,22 @@ def validate_config(cfg) -> str:
             f"collector.init_random_frames={cfg.collector.init_random_frames!r} is not allowed: "
             "it must be an integer >= 0"
         )
+    choices = {
+        "loss.contrastive": (cfg.loss.contrastive, CONTRASTIVE_LOSSES),
+        "loss.energy": (cfg.loss.energy, ENERGIES),
+        "model.policy": (cfg.model.policy, POLICIES),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not allowed: use one of {', '.join(allowed)}")
+    for key in ("loss.temperature", "model.policy_std", "loss.max_importance_weight"):
+        value = OmegaConf.select(cfg, key)
+        if not isinstance(value, (int, float)) or value <= 0:
+            raise ConfigError(f"{key}={value!r} is not allowed: it must be a positive number")
+    for key in ("loss.bc_coef", "loss.target_tau"):
+        value = OmegaConf.select(cfg, key)
+        if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{key}={value!r} is not allowed: it must lie in [0, 1]")
     if not 0.0 < cfg.loss.gamma < 1.0:
         raise ConfigError(f"loss.gamma={cfg.loss.gamma!r} is not allowed: it must lie in (0, 1)")
     if not 0.0 <= cfg.loss.random_goal_fraction <= 1.0:
@@ -214,7 +232,7 @@ def make_replay_buffer(cfg, device) -> FutureGoalReplayBuffer:
 
 
 def make_agent(cfg, env, device) -> tuple[ProbabilisticActor, ContrastiveCritic]:
-    """The tanh-Gaussian policy pi(a | s, g) and the contrastive critic."""
+    """The policy pi(a | s, g), tanh-Gaussian or fixed-std Gaussian, and the contrastive critic."""
     observation_spec = env.observation_spec
     observation_dim = observation_spec["observation"].shape[-1]
     goal_dim = observation_spec[GOAL_KEY].shape[-1]
@@ -225,7 +243,7 @@ def make_agent(cfg, env, device) -> tuple[ProbabilisticActor, ContrastiveCritic]
 
     actor_net = MLP(
         in_features=observation_dim + goal_dim,
-        out_features=2 * action_dim,
+        out_features=(2 if model.policy == "tanh_normal" else 1) * action_dim,
         num_cells=[model.hidden_dim] * hidden_layers,
         activation_class=nn.ReLU,
         norm_class=nn.LayerNorm if model.use_layer_norm else None,
@@ -234,25 +252,30 @@ def make_agent(cfg, env, device) -> tuple[ProbabilisticActor, ContrastiveCritic]
         else None,
         device=device,
     )
+    if model.policy == "tanh_normal":
+        head = NormalParamExtractor(scale_mapping="biased_softplus_1.0", scale_lb=1e-4)
+        distribution_class = TanhNormal
+        distribution_kwargs = {
+            "low": action_spec.space.low,
+            "high": action_spec.space.high,
+            "tanh_loc": False,
+        }
+    else:
+        head = FixedStdNormalHead(action_spec.space.low, action_spec.space.high, model.policy_std)
+        distribution_class = IndependentNormal
+        distribution_kwargs = {}
     actor_module = TensorDictSequential(
         TensorDictModule(actor_net, in_keys=["observation", GOAL_KEY], out_keys=["actor_params"]),
-        TensorDictModule(
-            NormalParamExtractor(scale_mapping="biased_softplus_1.0", scale_lb=1e-4),
-            in_keys=["actor_params"],
-            out_keys=["loc", "scale"],
-        ),
+        TensorDictModule(head, in_keys=["actor_params"], out_keys=["loc", "scale"]),
     )
     actor = ProbabilisticActor(
         module=actor_module,
         spec=action_spec,
         in_keys=["loc", "scale"],
-        distribution_class=TanhNormal,
-        distribution_kwargs={
-            "low": action_spec.space.low,
-            "high": action_spec.space.high,
-            "tanh_loc": False,
-        },
+        distribution_class=distribution_class,
+        distribution_kwargs=distribution_kwargs,
         default_interaction_type=InteractionType.RANDOM,
+        safe=model.policy != "tanh_normal",
     )
     critic = ContrastiveCritic(
         observation_dim,
@@ -281,7 +304,15 @@ def make_loss_module(cfg, actor, critic) -> ContrastiveLoss:
     loss_module = ContrastiveLoss(
         actor,
         critic,
+        contrastive=cfg.loss.contrastive,
+        energy=cfg.loss.energy,
+        temperature=cfg.loss.temperature,
+        learn_temperature=cfg.loss.learn_temperature,
+        weight_negatives=cfg.loss.weight_negatives,
+        gamma=cfg.loss.gamma,
+        max_importance_weight=cfg.loss.max_importance_weight,
         logsumexp_coef=cfg.loss.logsumexp_coef,
+        bc_coef=cfg.loss.bc_coef,
         alpha_init=cfg.loss.alpha_init,
         auto_alpha=cfg.loss.auto_alpha,
         target_entropy=target_entropy,
@@ -295,12 +326,19 @@ def make_optimizer(cfg, loss_module: ContrastiveLoss) -> torch.optim.Optimizer:
     """One Adam over critic, actor and (if tuned) entropy parameters: their losses touch disjoint
     parameters, so a single step over their sum equals three separate steps."""
     param_groups = [
-        {"params": list(loss_module.critic_network_params.values(True, True))},
+        {"params": loss_module.critic_parameters()},
         {"params": list(loss_module.actor_network_params.values(True, True))},
     ]
     if cfg.loss.auto_alpha:
         param_groups.append({"params": [loss_module.log_alpha]})
     return torch.optim.Adam(param_groups, lr=cfg.optim.lr)
+
+
+def make_target_updater(cfg, loss_module: ContrastiveLoss) -> SoftUpdate | None:
+    """Polyak averaging of the target critics, which only the td loss has."""
+    if cfg.loss.contrastive != "td":
+        return None
+    return SoftUpdate(loss_module, tau=cfg.loss.target_tau)
 
 
 # ====================================================================

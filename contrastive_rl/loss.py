@@ -1,4 +1,9 @@
-"""InfoNCE critic and goal-conditioned actor losses of Stable Contrastive RL as a TorchRL LossModule."""
+"""Critic and actor losses of contrastive goal-conditioned RL as a TorchRL LossModule.
+
+Critic losses: ``infonce`` (Stable Contrastive RL, default), ``symmetric_infonce``, ``binary_nce``
+(original CRL) and ``td`` (C-learning, the released stable-CRL code's default). Energies: ``dot``,
+``cosine`` and ``l2``.
+"""
 from __future__ import annotations
 
 import math
@@ -14,13 +19,65 @@ from torchrl.objectives import LossModule
 
 from contrastive_rl.models import ContrastiveCritic
 
+CONTRASTIVE_LOSSES = ("infonce", "symmetric_infonce", "binary_nce", "td")
+ENERGIES = ("dot", "cosine", "l2")
+# Keeps sqrt differentiable where two representations coincide.
+_MIN_SQUARED_DISTANCE = 1e-12
+
+
+def pairwise_energy(x: torch.Tensor, y: torch.Tensor, energy: str, temperature: torch.Tensor | float = 1.0):
+    """``[..., B, d] x [..., B, d] -> [..., B, B]``: the energy of every row of x with every row of y.
+
+    ``cosine`` normalises each sample's representation and divides by ``temperature``; ``l2`` is the
+    negative Euclidean distance, from |x|^2 + |y|^2 - 2 x y^T (a B x B x d difference would cost
+    B times the memory).
+    """
+    if energy == "dot":
+        return x @ y.transpose(-1, -2)
+    if energy == "cosine":
+        return F.normalize(x, dim=-1) @ F.normalize(y, dim=-1).transpose(-1, -2) / temperature
+    if energy == "l2":
+        squared = x.pow(2).sum(-1, keepdim=True) + y.pow(2).sum(-1).unsqueeze(-2) - 2 * x @ y.transpose(-1, -2)
+        return -squared.clamp_min(_MIN_SQUARED_DISTANCE).sqrt()
+    raise ValueError(f"unknown energy {energy!r}: use one of {', '.join(ENERGIES)}")
+
+
+def paired_energy(x: torch.Tensor, y: torch.Tensor, energy: str, temperature: torch.Tensor | float = 1.0):
+    """``[..., B, d] x [..., B, d] -> [..., B]``: the energy of row i of x with row i of y."""
+    if energy == "dot":
+        return (x * y).sum(-1)
+    if energy == "cosine":
+        return (F.normalize(x, dim=-1) * F.normalize(y, dim=-1)).sum(-1) / temperature
+    if energy == "l2":
+        return -(x - y).pow(2).sum(-1).clamp_min(_MIN_SQUARED_DISTANCE).sqrt()
+    raise ValueError(f"unknown energy {energy!r}: use one of {', '.join(ENERGIES)}")
+
 
 def infonce_loss(logits: torch.Tensor) -> torch.Tensor:
-    """Row-wise InfoNCE: cross-entropy of each row of ``[..., B, B]`` logits against its diagonal."""
-    labels = torch.arange(logits.shape[-1], device=logits.device).expand(logits.shape[:-1])
-    return F.cross_entropy(logits.flatten(0, -2), labels.flatten(), reduction="none").view(
-        logits.shape[:-1]
-    ).mean(-1)
+    """Row-wise InfoNCE: cross-entropy of each row of ``[..., B, B]`` logits (softmax over goals)
+    against its diagonal, averaged over rows."""
+    return -torch.log_softmax(logits, dim=-1).diagonal(dim1=-2, dim2=-1).mean(-1)
+
+
+def symmetric_infonce_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Mean of the row-wise and the column-wise (softmax over state-actions) InfoNCE."""
+    return 0.5 * (infonce_loss(logits) + infonce_loss(logits.transpose(-1, -2)))
+
+
+def binary_nce_loss(logits: torch.Tensor, weight_negatives: bool = False) -> torch.Tensor:
+    """Sigmoid binary cross-entropy over the B x B matrix: 1 on the diagonal, 0 off it.
+
+    Without ``weight_negatives``, the mean over all B^2 entries (original CRL); with it, each row's
+    B - 1 negatives weigh 1 / (B - 1) in all, as much as its positive (stable-CRL code).
+    """
+    batch = logits.shape[-1]
+    labels = torch.eye(batch, device=logits.device, dtype=logits.dtype)
+    bce = F.binary_cross_entropy_with_logits(logits, labels.expand_as(logits), reduction="none")
+    if not weight_negatives:
+        return bce.mean((-1, -2))
+    positive = bce.diagonal(dim1=-2, dim2=-1).mean(-1)
+    negative = (bce.sum((-1, -2)) - bce.diagonal(dim1=-2, dim2=-1).sum(-1)) / (batch * max(batch - 1, 1))
+    return positive + negative
 
 
 def logsumexp_penalty(logits: torch.Tensor) -> torch.Tensor:
@@ -31,19 +88,34 @@ def logsumexp_penalty(logits: torch.Tensor) -> torch.Tensor:
 class ContrastiveLoss(LossModule):
     """Contrastive critic and actor losses for goal-conditioned RL.
 
-    The critic scores f(s_i, a_i, g_j) = phi(s_i, a_i)^T psi(g_j) for every pair in the batch; the goal of
-    row i (a future achieved goal of the same episode) is the positive, the other rows' goals are the
-    negatives. Each critic's InfoNCE loss (plus ``logsumexp_coef`` * logsumexp^2) is summed over critics.
+    The critic scores f(s_i, a_i, g_j) = energy(phi(s_i, a_i), psi(g_j)) for every pair in the batch; the
+    goal of row i (a future achieved goal of the same episode) is the positive, the other rows' goals are
+    the negatives. Each critic's loss (plus ``logsumexp_coef`` * logsumexp^2) is summed over critics.
+
+    The ``td`` loss (C-learning) instead takes the next state's achieved goal as the positive and the
+    next row's goal g_r as the negative, and bootstraps: with p = sigmoid of the target critic at
+    (s', a' ~ pi(s', g_r), g_r), min over critics, and w = clip(p / (1 - p), 0, max_importance_weight),
+    loss = (1 - gamma) BCE(f(s, a, s'), 1) + gamma w BCE(f(s, a, g_r), 1) + BCE(f(s, a, g_r), 0).
 
     The actor maximises the critic, min over critics, at its own action:
-    ``alpha * log pi(a|s,g) - min_k f_k(s, a, g)`` with a ~ pi reparameterised. The critic's parameters
-    are detached in that term, so the actor's loss never changes them. A fraction ``random_goal_fraction``
-    of the rows gives the actor the goal of the previous row instead of its own future goal.
+    ``alpha * log pi(a|s,g) - min_k f_k(s, a, g)``, a ~ pi reparameterised, mixed with behaviour cloning
+    as ``bc_coef * BC + (1 - bc_coef) * actor`` where BC = -log pi(a_data | s, g). The critic's
+    parameters are detached in that loss, so it never changes them. A fraction
+    ``random_goal_fraction`` of the rows gives the actor the goal of the previous row instead of its own
+    future goal (those rows are left out of BC, whose data action aimed at the row's own goal).
 
     Args:
         actor_network: a probabilistic actor reading ``observation`` and ``goal``.
         critic_network: the contrastive critic.
+        contrastive: critic loss, one of ``CONTRASTIVE_LOSSES``.
+        energy: one of ``ENERGIES``.
+        temperature: divisor of the cosine energy.
+        learn_temperature: make the temperature a trained parameter (cosine only).
+        weight_negatives: binary_nce's negatives weigh 1 / (B - 1) (stable-CRL code).
+        gamma: discount of the td loss.
+        max_importance_weight: clip of the td loss's importance weight.
         logsumexp_coef: weight of the logsumexp^2 penalty (0 disables it; the original CRL uses 0.01).
+        bc_coef: behaviour-cloning share of the actor loss.
         alpha_init: entropy coefficient (kept fixed unless ``auto_alpha``).
         auto_alpha: tune alpha so that the policy's entropy tracks ``target_entropy``.
         target_entropy: target for the auto-tuned alpha.
@@ -59,11 +131,16 @@ class ContrastiveLoss(LossModule):
             action: the action a taken in s. Defaults to ``"action"``.
             goal: the goal g (the relabelled future goal in training batches). Defaults to
                 ``"desired_goal"``.
+            next_observation: s', read by the td loss. Defaults to ``("next", "observation")``.
+            next_achieved_goal: the goal reached at s', the td loss's positive. Defaults to
+                ``("next", "achieved_goal")``.
         """
 
         observation: NestedKey = "observation"
         action: NestedKey = "action"
         goal: NestedKey = "desired_goal"
+        next_observation: NestedKey = ("next", "observation")
+        next_achieved_goal: NestedKey = ("next", "achieved_goal")
 
     tensor_keys: _AcceptedKeys
     default_keys = _AcceptedKeys
@@ -90,16 +167,36 @@ class ContrastiveLoss(LossModule):
         actor_network: ProbabilisticTensorDictSequential,
         critic_network: ContrastiveCritic,
         *,
+        contrastive: str = "infonce",
+        energy: str = "dot",
+        temperature: float = 1.0,
+        learn_temperature: bool = False,
+        weight_negatives: bool = False,
+        gamma: float = 0.99,
+        max_importance_weight: float = 20.0,
         logsumexp_coef: float = 0.0,
+        bc_coef: float = 0.0,
         alpha_init: float = 0.0,
         auto_alpha: bool = False,
         target_entropy: float = 0.0,
         random_goal_fraction: float = 0.0,
     ) -> None:
+        if contrastive not in CONTRASTIVE_LOSSES:
+            raise ValueError(f"unknown contrastive loss {contrastive!r}: use one of {', '.join(CONTRASTIVE_LOSSES)}")
+        if energy not in ENERGIES:
+            raise ValueError(f"unknown energy {energy!r}: use one of {', '.join(ENERGIES)}")
         super().__init__()
         self.convert_to_functional(actor_network, "actor_network")
-        self.convert_to_functional(critic_network, "critic_network")
+        self.convert_to_functional(
+            critic_network, "critic_network", create_target_params=contrastive == "td"
+        )
+        self.contrastive = contrastive
+        self.energy = energy
+        self.weight_negatives = weight_negatives
+        self.gamma = gamma
+        self.max_importance_weight = max_importance_weight
         self.logsumexp_coef = logsumexp_coef
+        self.bc_coef = bc_coef
         self.random_goal_fraction = random_goal_fraction
         self.auto_alpha = auto_alpha
         device = next(critic_network.parameters()).device
@@ -108,17 +205,36 @@ class ContrastiveLoss(LossModule):
             self.log_alpha = nn.Parameter(torch.tensor(math.log(alpha_init), device=device))
         else:
             self.register_buffer("fixed_alpha", torch.tensor(float(alpha_init), device=device))
+        log_temperature = torch.tensor(math.log(temperature), device=device)
+        if learn_temperature:
+            self.log_temperature = nn.Parameter(log_temperature)
+        else:
+            self.register_buffer("log_temperature", log_temperature)
 
     def _forward_value_estimator_keys(self, **kwargs) -> None:
         pass
 
     @property
     def in_keys(self) -> list[NestedKey]:
-        return [self.tensor_keys.observation, self.tensor_keys.action, self.tensor_keys.goal]
+        keys = [self.tensor_keys.observation, self.tensor_keys.action, self.tensor_keys.goal]
+        if self.contrastive == "td":
+            keys += [self.tensor_keys.next_observation, self.tensor_keys.next_achieved_goal]
+        return keys
 
     @property
     def alpha(self) -> torch.Tensor:
         return self.log_alpha.exp() if self.auto_alpha else self.fixed_alpha
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        return self.log_temperature.exp()
+
+    def critic_parameters(self) -> list[nn.Parameter]:
+        """What the critic loss trains: the critic's weights and a learnt temperature."""
+        params = list(self.critic_network_params.values(True, True))
+        if isinstance(self.log_temperature, nn.Parameter):
+            params.append(self.log_temperature)
+        return params
 
     def forward(self, tensordict: TensorDictBase) -> TensorDict:
         observation = tensordict.get(self.tensor_keys.observation)
@@ -127,12 +243,19 @@ class ContrastiveLoss(LossModule):
 
         with self.critic_network_params.to_module(self.critic_network):
             state_action_repr, goal_repr = self.critic_network(observation, action, goal)
-        logits = state_action_repr @ goal_repr.transpose(-1, -2)
-        loss_critic = infonce_loss(logits)
+        logits = pairwise_energy(state_action_repr, goal_repr, self.energy, self.temperature)
+        if self.contrastive == "td":
+            loss_critic = self._td_loss(tensordict, goal, state_action_repr, goal_repr)
+        elif self.contrastive == "infonce":
+            loss_critic = infonce_loss(logits)
+        elif self.contrastive == "symmetric_infonce":
+            loss_critic = symmetric_infonce_loss(logits)
+        else:
+            loss_critic = binary_nce_loss(logits, self.weight_negatives)
         if self.logsumexp_coef:
             loss_critic = loss_critic + self.logsumexp_coef * logsumexp_penalty(logits)
 
-        loss_actor, log_prob = self._actor_loss(observation, goal, goal_repr.detach())
+        loss_actor, log_prob = self._actor_loss(observation, action, goal, goal_repr.detach())
         if self.auto_alpha:
             loss_alpha = -self.log_alpha * (log_prob.detach() + self.target_entropy).mean()
         else:
@@ -155,28 +278,72 @@ class ContrastiveLoss(LossModule):
             logits_negative=negative.mean(),
         )
 
+    def _td_loss(self, tensordict, goal, state_action_repr, goal_repr) -> torch.Tensor:
+        next_observation = tensordict.get(self.tensor_keys.next_observation)
+        next_goal = tensordict.get(self.tensor_keys.next_achieved_goal)
+        random_goal = goal.roll(-1, 0)
+        with self.critic_network_params.to_module(self.critic_network):
+            next_goal_repr = self.critic_network.encode_goal(next_goal)
+        positive_logits = paired_energy(state_action_repr, next_goal_repr, self.energy, self.temperature)
+        random_logits = paired_energy(state_action_repr, goal_repr.roll(-1, 1), self.energy, self.temperature)
+        with torch.no_grad():
+            actor_input = self._actor_input(next_observation, random_goal)
+            with self.actor_network_params.to_module(self.actor_network):
+                next_action = self.actor_network.get_dist(actor_input).sample()
+            with self.target_critic_network_params.to_module(self.critic_network):
+                target_logits = paired_energy(
+                    self.critic_network.encode_state_action(next_observation, next_action),
+                    self.critic_network.encode_goal(random_goal),
+                    self.energy,
+                    self.temperature,
+                )
+            probability = torch.sigmoid(target_logits).min(0).values
+            weight = (probability / (1 - probability)).clamp(0, self.max_importance_weight)
+        ones = torch.ones_like(positive_logits)
+        bce = F.binary_cross_entropy_with_logits
+        loss = (
+            (1 - self.gamma) * bce(positive_logits, ones, reduction="none")
+            + self.gamma * weight * bce(random_logits, ones, reduction="none")
+            + bce(random_logits, torch.zeros_like(random_logits), reduction="none")
+        )
+        return loss.mean(-1)
+
+    def _actor_input(self, observation: torch.Tensor, goal: torch.Tensor) -> TensorDict:
+        return TensorDict(
+            {self.tensor_keys.observation: observation, self.tensor_keys.goal: goal},
+            batch_size=observation.shape[:-1],
+        )
+
     def _actor_goals(self, goal: torch.Tensor, goal_repr: torch.Tensor):
         """Give the first ``random_goal_fraction`` of the rows the goal of the previous row."""
         num_random = round(self.random_goal_fraction * goal.shape[0])
         if num_random == 0:
-            return goal, goal_repr
+            return goal, goal_repr, 0
         goal = torch.cat([goal.roll(1, 0)[:num_random], goal[num_random:]])
         goal_repr = torch.cat([goal_repr.roll(1, 1)[:, :num_random], goal_repr[:, num_random:]], 1)
-        return goal, goal_repr
+        return goal, goal_repr, num_random
 
-    def _actor_loss(self, observation, goal, goal_repr):
-        goal, goal_repr = self._actor_goals(goal, goal_repr)
-        actor_input = TensorDict(
-            {self.tensor_keys.observation: observation, self.tensor_keys.goal: goal},
-            batch_size=observation.shape[:-1],
-        )
+    def _actor_loss(self, observation, data_action, goal, goal_repr):
+        goal, goal_repr, num_random = self._actor_goals(goal, goal_repr)
         with self.actor_network_params.to_module(self.actor_network):
-            dist = self.actor_network.get_dist(actor_input)
+            dist = self.actor_network.get_dist(self._actor_input(observation, goal))
         action = dist.rsample()
         log_prob = dist.log_prob(action)
         # Detached critic parameters: the gradient reaches the action, never the critic.
         with self.critic_network_params.detach().to_module(self.critic_network):
             state_action_repr = self.critic_network.encode_state_action(observation, action)
-        critic_value = (state_action_repr * goal_repr).sum(-1).min(0).values
+        critic_value = paired_energy(
+            state_action_repr, goal_repr, self.energy, self.temperature.detach()
+        ).min(0).values
         loss_actor = (self.alpha.detach() * log_prob - critic_value).mean()
+        if self.bc_coef:
+            loss_bc = -dist.log_prob(self._inside_support(data_action))[num_random:].mean()
+            loss_actor = self.bc_coef * loss_bc + (1 - self.bc_coef) * loss_actor
         return loss_actor, log_prob
+
+    def _inside_support(self, action: torch.Tensor) -> torch.Tensor:
+        """Pull data actions off the bounds, where a tanh policy's log-density is infinite."""
+        spec = self.actor_network.spec["action"]
+        low, high = spec.space.low.to(action.device), spec.space.high.to(action.device)
+        margin = 1e-4 * (high - low)
+        return torch.maximum(torch.minimum(action, high - margin), low + margin)

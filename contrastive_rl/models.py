@@ -89,3 +89,18 @@ class ContrastiveCritic(nn.Module):
         self, observation: torch.Tensor, action: torch.Tensor, goal: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encode_state_action(observation, action), self.encode_goal(goal)
+
+
+class FixedStdNormalHead(nn.Module):
+    """Maps the policy network's output to a Gaussian with mean inside the action bounds (tanh) and a
+    fixed standard deviation, as the stable-CRL code's policy."""
+
+    def __init__(self, low: torch.Tensor, high: torch.Tensor, std: float) -> None:
+        super().__init__()
+        self.register_buffer("center", (high + low) / 2)
+        self.register_buffer("half_range", (high - low) / 2)
+        self.std = std
+
+    def forward(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc = self.center + self.half_range * torch.tanh(output)
+        return loc, torch.full_like(loc, self.std) * self.half_range

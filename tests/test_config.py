@@ -76,6 +76,11 @@ def test_missing_version_resolves_to_newest(make_cfg, caplog):
         ("logger.backend=mlflow", "logger.backend='mlflow' .* wandb, tensorboard, csv"),
         ("optim.utd_ratio=-0.5", "optim.utd_ratio=-0.5 .* positive"),
         ("buffer.size=10", r"buffer.size=10 .*\(collector.frames_per_batch=999\)"),
+        ("loss.contrastive=cpc", "loss.contrastive='cpc' .* infonce, symmetric_infonce, binary_nce, td"),
+        ("loss.energy=cos", "loss.energy='cos' .* dot, cosine, l2"),
+        ("model.policy=beta", "model.policy='beta' .* tanh_normal, fixed_std_normal"),
+        ("loss.bc_coef=1.5", r"loss.bc_coef=1.5 .* \[0, 1\]"),
+        ("loss.temperature=0", "loss.temperature=0 .* positive"),
     ],
 )
 def test_bad_input_is_named(make_cfg, override, pattern):
@@ -95,3 +100,25 @@ def test_script_reports_bad_input_in_one_line(tmp_path):
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == ["error: buffer.batch_size=0 is not allowed: it must be a positive number"]
+
+
+@pytest.mark.parametrize(
+    "config_name,expected",
+    [
+        ("config_stable_crl", {"loss.contrastive": "td", "model.embed_dim": 16, "model.twin_critics": True,
+                               "model.policy": "fixed_std_normal", "loss.bc_coef": 0.05,
+                               "model.hidden_dim": 1024, "buffer.batch_size": 2048}),
+        ("config_crl", {"loss.contrastive": "binary_nce", "model.hidden_dim": 256, "model.num_layers": 2,
+                        "model.use_layer_norm": False, "model.cold_init": False, "buffer.batch_size": 256,
+                        "loss.random_goal_fraction": 0.5}),
+        ("config_quick", {"model.hidden_dim": 256, "buffer.batch_size": 256, "loss.auto_alpha": True}),
+    ],
+)
+def test_presets_compose_and_validate(config_name, expected):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT), version_base="1.1"):
+        cfg = compose(config_name=config_name)
+    for key, value in expected.items():
+        assert lookup(cfg, key) == value, key
+    assert validate_config(cfg) == "FetchReach-v4"

@@ -128,12 +128,15 @@ def test_actor_loss_uses_min_over_critics_and_other_rows_goals(make_cfg):
     _, loss_module = make_loss(make_cfg, "model.twin_critics=true", "loss.random_goal_fraction=0.25")
     batch = make_batch(8)
     goal_repr = torch.randn(2, 8, 8)
-    goals, reprs = loss_module._actor_goals(batch["desired_goal"], goal_repr)
+    goals, reprs, num_random = loss_module._actor_goals(batch["desired_goal"], goal_repr)
+    assert num_random == 2
     assert torch.equal(goals[:2], batch["desired_goal"].roll(1, 0)[:2])
     assert torch.equal(goals[2:], batch["desired_goal"][2:])
     assert torch.equal(reprs[:, :2], goal_repr.roll(1, 1)[:, :2])
     torch.manual_seed(0)
-    loss_actor, log_prob = loss_module._actor_loss(batch["observation"], batch["desired_goal"], goal_repr)
+    loss_actor, log_prob = loss_module._actor_loss(
+        batch["observation"], batch["action"], batch["desired_goal"], goal_repr
+    )
     torch.manual_seed(0)
     actor_input = batch.select("observation").set("desired_goal", goals)
     with loss_module.actor_network_params.to_module(loss_module.actor_network):

@@ -19,8 +19,9 @@ def read_scalar(run_dir, name):
     [
         ["env.env_name=FetchReach-v3"],
         ["env.env_name=PointMaze_UMaze-v3", "env.max_steps=100", "collector.num_envs=2"],
+        ["loss.contrastive=td", "model.policy=fixed_std_normal", "loss.bc_coef=0.05", "loss.energy=l2"],
     ],
-    ids=["FetchReach", "PointMaze"],
+    ids=["FetchReach", "PointMaze", "FetchReach-td"],
 )
 def test_script_runs_end_to_end(tmp_path, env_overrides):
     result = subprocess.run(
