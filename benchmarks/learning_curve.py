@@ -75,17 +75,26 @@ def main() -> None:
         )))
 
     steps = sorted(runs[args.seeds[0]]["success"])
-    header = "env steps | " + " | ".join(f"seed {s} success (wall s)" for s in args.seeds) + " | mean"
+    header = (
+        "env steps | "
+        + " | ".join(f"seed {s}: final / any (wall s)" for s in args.seeds)
+        + " | mean final | mean any"
+    )
     print(f"{args.env}, config {args.config} {' '.join(args.overrides)}")
+    print("success = share of eval episodes at the goal at their last step (final) or at any step (any)")
     print(header)
     print("-" * len(header))
     for step in steps:
-        cells = [f"{runs[s]['success'][step]:.2f} ({runs[s]['elapsed'][step]:.0f})" for s in args.seeds]
-        mean = sum(runs[s]["success"][step] for s in args.seeds) / len(args.seeds)
-        print(f"{step:>9} | " + " | ".join(f"{c:>24}" for c in cells) + f" | {mean:.2f}")
+        cells = [
+            f"{runs[s]['success'][step]:.2f} / {runs[s]['success_any'][step]:.2f} ({runs[s]['elapsed'][step]:.0f})"
+            for s in args.seeds
+        ]
+        mean_final = sum(runs[s]["success"][step] for s in args.seeds) / len(args.seeds)
+        mean_any = sum(runs[s]["success_any"][step] for s in args.seeds) / len(args.seeds)
+        print(f"{step:>9} | " + " | ".join(f"{c:>28}" for c in cells) + f" | {mean_final:10.2f} | {mean_any:8.2f}")
     for s in args.seeds:
         print(f"seed {s}: {runs[s]['updates_per_second']:.1f} updates/s, "
-              f"{runs[s]['elapsed'][steps[-1]]:.0f} s in all, best success {max(runs[s]['success'].values()):.2f}")
+              f"{runs[s]['elapsed'][steps[-1]]:.0f} s in all, best final success {max(runs[s]['success'].values()):.2f}")
 
     figure, (by_steps, by_time) = plt.subplots(1, 2, figsize=(10, 3.8))
     for s in args.seeds:
