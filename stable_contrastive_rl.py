@@ -1,8 +1,9 @@
 """Stable Contrastive RL: goal-conditioned contrastive RL (Zheng, Eysenbach et al., arXiv 2306.03346).
 
 The critic f(s, a, g) = phi(s, a)^T psi(g) learns by InfoNCE which goal, among the batch's, is a future
-state of each transition; the policy pi(a | s, g) picks actions that maximise it. Builders live in
-utils.py.
+state of each transition; the policy pi(a | s, g) picks actions that maximise it. Trains online, offline
+from a Minari dataset (``offline.dataset``), or offline then online (``offline.finetune``). Builders live
+in utils.py.
 """
 from __future__ import annotations
 
@@ -21,16 +22,19 @@ from utils import (
     STORED_KEYS,
     evaluate,
     get_device,
+    load_offline_data,
     log_metrics,
     make_agent,
     make_collector,
-    make_environment,
+    make_eval_environment,
     make_logger,
     make_loss_module,
     make_optimizer,
     make_replay_buffer,
     make_target_updater,
+    make_train_environment,
     train_episode_metrics,
+    trains_online,
     validate_config,
 )
 
@@ -42,6 +46,7 @@ METRIC_KEYS = ("alpha", "entropy", "logits_accuracy", "logits_positive", "logits
 def main(cfg: "DictConfig"):  # noqa: F821
     try:
         env_name = validate_config(cfg)
+        offline_data = load_offline_data(cfg, env_name) if cfg.offline.dataset else None
     except ConfigError as error:
         raise SystemExit(f"error: {error}") from None
     device = get_device(cfg)
@@ -51,13 +56,12 @@ def main(cfg: "DictConfig"):  # noqa: F821
     exp_name = generate_exp_name("StableContrastiveRL", cfg.logger.exp_name)
     logger = make_logger(cfg, exp_name)
 
-    train_env, eval_env = make_environment(cfg, env_name)
-    actor, critic = make_agent(cfg, train_env, device)
+    eval_env = make_eval_environment(cfg, env_name)
+    actor, critic = make_agent(cfg, eval_env, device)
     loss_module = make_loss_module(cfg, actor, critic)
     optimizer = make_optimizer(cfg, loss_module)
     target_updater = make_target_updater(cfg, loss_module)
-    collector = make_collector(cfg, train_env, actor, device)
-    replay_buffer = make_replay_buffer(cfg, device)
+    replay_buffer = make_replay_buffer(cfg, device, offline_data)
 
     def update(batch: TensorDict) -> TensorDict:
         loss_td = loss_module(batch)
@@ -68,67 +72,100 @@ def main(cfg: "DictConfig"):  # noqa: F821
             target_updater.step()
         return loss_td.detach()
 
-    num_envs = cfg.collector.num_envs
-    collected_frames = 0
+    def train(num_updates: int) -> dict[str, float]:
+        losses = []
+        for _ in range(num_updates):
+            with timeit("rb - sample"):
+                sample = replay_buffer.sample()
+            with timeit("update"):
+                losses.append(update(sample).select(*LOSS_KEYS, *METRIC_KEYS))
+        if not losses:
+            return {}
+        losses = torch.stack(losses).mean()
+        return {f"train/{key}": losses[key].item() for key in losses.keys()}
+
+    def evaluate_policy(pbar) -> dict[str, float]:
+        with timeit("eval"):
+            eval_metrics = evaluate(eval_env, actor, cfg.env.max_steps)
+        pbar.set_postfix(success=f"{eval_metrics['success_final']:.2f}")
+        return {f"eval/{key}": value for key, value in eval_metrics.items()}
+
     num_updates = 0
-    update_credit = 0.0
-    next_eval = cfg.logger.eval_interval
     start_time = time.perf_counter()
-    pbar = tqdm.tqdm(total=cfg.collector.total_frames, unit="frames")
 
-    collector_iter = iter(collector)
-    for _ in range(len(collector)):
-        with timeit("collect"):
-            batch = next(collector_iter)
-        frames = batch.numel()
-        collected_frames += frames
-        pbar.update(frames)
-
-        with timeit("rb - extend"):
-            replay_buffer.extend(batch.reshape(num_envs, -1).select(*STORED_KEYS))
-
-        metrics = train_episode_metrics(batch)
-        if collected_frames >= cfg.collector.init_random_frames:
-            update_credit += frames * cfg.optim.utd_ratio
-            batch_updates = int(update_credit)
-            update_credit -= batch_updates
-            losses = []
-            for _ in range(batch_updates):
-                with timeit("rb - sample"):
-                    sample = replay_buffer.sample()
-                with timeit("update"):
-                    losses.append(update(sample).select(*LOSS_KEYS, *METRIC_KEYS))
-            num_updates += batch_updates
-            collector.update_policy_weights_()
-            if losses:
-                losses = torch.stack(losses).mean()
-                metrics.update({f"train/{key}": losses[key].item() for key in losses.keys()})
-
-        if collected_frames >= next_eval or collected_frames >= cfg.collector.total_frames:
-            next_eval += cfg.logger.eval_interval
-            with timeit("eval"):
-                eval_metrics = evaluate(eval_env, actor, cfg.env.max_steps)
-            metrics.update({f"eval/{key}": value for key, value in eval_metrics.items()})
-            pbar.set_postfix(success=f"{eval_metrics['success_final']:.2f}")
-
+    def progress_metrics() -> dict[str, float]:
         elapsed = time.perf_counter() - start_time
-        metrics.update(
-            {
-                "train/frames_per_second": collected_frames / elapsed,
-                "train/updates_per_second": num_updates / elapsed,
-                "train/num_updates": num_updates,
-                "train/elapsed_seconds": elapsed,
-            }
-        )
-        if logger is not None:
-            metrics.update(timeit.todict(prefix="time"))
-            log_metrics(logger, metrics, collected_frames)
+        return {
+            "train/updates_per_second": num_updates / elapsed,
+            "train/num_updates": num_updates,
+            "train/elapsed_seconds": elapsed,
+        }
 
-    pbar.close()
-    collector.shutdown()
-    for env in (eval_env, train_env):
-        if not env.is_closed:
-            env.close()
+    # Offline: gradient steps on the dataset; the logging step counts gradient steps.
+    offline_steps = cfg.offline.gradient_steps if offline_data is not None else 0
+    if offline_steps:
+        pbar = tqdm.tqdm(total=offline_steps, unit="updates")
+        log_every = min(cfg.offline.eval_interval, 1000)
+        while num_updates < offline_steps:
+            batch_updates = min(log_every, offline_steps - num_updates)
+            metrics = train(batch_updates)
+            num_updates += batch_updates
+            pbar.update(batch_updates)
+            if num_updates % cfg.offline.eval_interval == 0 or num_updates == offline_steps:
+                metrics.update(evaluate_policy(pbar))
+            metrics.update(progress_metrics())
+            if logger is not None:
+                metrics.update(timeit.todict(prefix="time"))
+                log_metrics(logger, metrics, num_updates)
+        pbar.close()
+
+    # Online: collect, store, update; the logging step counts env steps (after the offline steps).
+    if trains_online(cfg):
+        train_env = make_train_environment(cfg, env_name)
+        collector = make_collector(cfg, train_env, actor, device)
+        num_envs = cfg.collector.num_envs
+        collected_frames = 0
+        update_credit = 0.0
+        next_eval = cfg.logger.eval_interval
+        pbar = tqdm.tqdm(total=cfg.collector.total_frames, unit="frames")
+
+        collector_iter = iter(collector)
+        for _ in range(len(collector)):
+            with timeit("collect"):
+                batch = next(collector_iter)
+            frames = batch.numel()
+            collected_frames += frames
+            pbar.update(frames)
+
+            with timeit("rb - extend"):
+                replay_buffer.extend(batch.reshape(num_envs, -1).select(*STORED_KEYS))
+
+            metrics = train_episode_metrics(batch)
+            if collected_frames >= cfg.collector.init_random_frames:
+                update_credit += frames * cfg.optim.utd_ratio
+                batch_updates = int(update_credit)
+                update_credit -= batch_updates
+                metrics.update(train(batch_updates))
+                num_updates += batch_updates
+                collector.update_policy_weights_()
+
+            if collected_frames >= next_eval or collected_frames >= cfg.collector.total_frames:
+                next_eval += cfg.logger.eval_interval
+                metrics.update(evaluate_policy(pbar))
+
+            metrics.update(progress_metrics())
+            metrics["train/frames_per_second"] = collected_frames / metrics["train/elapsed_seconds"]
+            metrics["train/collected_frames"] = collected_frames
+            if logger is not None:
+                metrics.update(timeit.todict(prefix="time"))
+                log_metrics(logger, metrics, offline_steps + collected_frames)
+
+        pbar.close()
+        collector.shutdown()
+        if not train_env.is_closed:
+            train_env.close()
+    if not eval_env.is_closed:
+        eval_env.close()
 
 
 if __name__ == "__main__":

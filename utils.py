@@ -3,9 +3,11 @@ networks, loss, optimizers, logger and evaluation."""
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import gymnasium as gym
 import torch
+from hydra.utils import to_absolute_path
 from omegaconf import OmegaConf
 from tensordict import TensorDict
 from tensordict.nn import InteractionType, TensorDictModule, TensorDictSequential
@@ -38,6 +40,7 @@ from contrastive_rl.envs import (
 )
 from contrastive_rl.loss import CONTRASTIVE_LOSSES, ENERGIES, ContrastiveLoss
 from contrastive_rl.models import ContrastiveCritic, FixedStdNormalHead
+from contrastive_rl.offline import load_goal_transitions, split_into_columns
 from contrastive_rl.replay import FutureGoalReplayBuffer
 
 LOGGER_BACKENDS = ("wandb", "tensorboard", "csv", "")
@@ -129,12 +132,17 @@ def validate_config(cfg) -> str:
             f"collector.frames_per_batch={cfg.collector.frames_per_batch} is not allowed: "
             f"it must be a multiple of collector.num_envs={num_envs}"
         )
-    if cfg.buffer.size < cfg.collector.frames_per_batch:
+    if cfg.offline.dataset:
+        for key in ("offline.gradient_steps", "offline.eval_interval"):
+            value = OmegaConf.select(cfg, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{key}={value!r} is not allowed: it must be a positive integer")
+    if trains_online(cfg) and cfg.buffer.size < cfg.collector.frames_per_batch:
         raise ConfigError(
             f"buffer.size={cfg.buffer.size} is not allowed: it must hold at least one collected "
             f"batch (collector.frames_per_batch={cfg.collector.frames_per_batch})"
         )
-    if cfg.buffer.batch_size > cfg.buffer.size:
+    if not cfg.offline.dataset and cfg.buffer.batch_size > cfg.buffer.size:
         raise ConfigError(
             f"buffer.batch_size={cfg.buffer.batch_size} is not allowed: "
             f"it must be <= buffer.size={cfg.buffer.size}"
@@ -179,20 +187,53 @@ def apply_env_transforms(env, max_steps: int) -> TransformedEnv:
     )
 
 
-def make_environment(cfg, env_name: str) -> tuple[TransformedEnv, TransformedEnv]:
-    """Training env (``collector.num_envs`` copies in worker processes) and evaluation env
-    (``logger.num_eval_episodes`` copies stepped in turn, one episode each)."""
-    create_env = EnvCreator(
-        functools.partial(env_maker, env_name=env_name, max_steps=cfg.env.max_steps)
-    )
-    train_env = ParallelEnv(cfg.collector.num_envs, create_env, serial_for_single=True)
-    train_env.set_seed(cfg.env.seed)
-    train_env = apply_env_transforms(train_env, cfg.env.max_steps)
+def _env_creator(cfg, env_name: str) -> EnvCreator:
+    return EnvCreator(functools.partial(env_maker, env_name=env_name, max_steps=cfg.env.max_steps))
 
-    eval_env = SerialEnv(cfg.logger.num_eval_episodes, create_env)
+
+def make_train_environment(cfg, env_name: str) -> TransformedEnv:
+    """``collector.num_envs`` copies of the env, in worker processes when more than one."""
+    train_env = ParallelEnv(cfg.collector.num_envs, _env_creator(cfg, env_name), serial_for_single=True)
+    train_env.set_seed(cfg.env.seed)
+    return apply_env_transforms(train_env, cfg.env.max_steps)
+
+
+def make_eval_environment(cfg, env_name: str) -> TransformedEnv:
+    """``logger.num_eval_episodes`` copies of the env stepped in turn, one episode each."""
+    eval_env = SerialEnv(cfg.logger.num_eval_episodes, _env_creator(cfg, env_name))
     eval_env.set_seed(cfg.env.seed + 10_000)
-    eval_env = apply_env_transforms(eval_env, cfg.env.max_steps)
-    return train_env, eval_env
+    return apply_env_transforms(eval_env, cfg.env.max_steps)
+
+
+def trains_online(cfg) -> bool:
+    return not cfg.offline.dataset or cfg.offline.finetune
+
+
+def load_offline_data(cfg, env_name: str) -> TensorDict:
+    """The dataset's transitions, checked against the env and the batch size."""
+    env = gym.make(env_name)
+    try:
+        dims = dict(
+            observation_dim=env.observation_space["observation"].shape[-1],
+            goal_dim=env.observation_space[GOAL_KEY].shape[-1],
+            action_dim=env.action_space.shape[-1],
+        )
+    finally:
+        env.close()
+    # Hydra runs in its output directory: relative paths are taken from where the command was typed.
+    dataset = cfg.offline.dataset
+    as_path = Path(to_absolute_path(dataset))
+    if (as_path / "data" / "metadata.json").is_file():
+        dataset = str(as_path)
+    root = to_absolute_path(cfg.offline.root) if cfg.offline.root else None
+    transitions = load_goal_transitions(dataset, root, **dims)
+    usable = len(transitions) // cfg.collector.num_envs * cfg.collector.num_envs
+    if cfg.buffer.batch_size > usable:
+        raise ConfigError(
+            f"buffer.batch_size={cfg.buffer.batch_size} is not allowed: offline.dataset="
+            f"{cfg.offline.dataset!r} holds {len(transitions)} transitions"
+        )
+    return transitions
 
 
 # ====================================================================
@@ -215,15 +256,20 @@ def make_collector(cfg, train_env, actor, device) -> Collector:
     return collector
 
 
-def make_replay_buffer(cfg, device) -> FutureGoalReplayBuffer:
-    return FutureGoalReplayBuffer(
-        capacity=cfg.buffer.size,
+def make_replay_buffer(cfg, device, offline_data: TensorDict | None = None) -> FutureGoalReplayBuffer:
+    """The future-goal buffer, holding the offline dataset first if there is one (and grown to fit it)."""
+    capacity = cfg.buffer.size if offline_data is None else max(cfg.buffer.size, len(offline_data))
+    replay_buffer = FutureGoalReplayBuffer(
+        capacity=capacity,
         num_envs=cfg.collector.num_envs,
         batch_size=cfg.buffer.batch_size,
         gamma=cfg.loss.gamma,
         device=device,
         goal_key=GOAL_KEY,
     )
+    if offline_data is not None:
+        replay_buffer.extend(split_into_columns(offline_data.to(device), cfg.collector.num_envs))
+    return replay_buffer
 
 
 # ====================================================================

@@ -1,0 +1,123 @@
+"""Offline data in Minari's format: find a dataset, load it, check it against the env."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from tensordict import TensorDict
+
+from contrastive_rl.envs import GOAL_KEYS, ConfigError
+
+DEFAULT_MINARI_ROOT = "~/.minari/datasets"
+
+
+def minari_root(root: str | None) -> Path:
+    """The directory that holds Minari datasets: ``root``, else $MINARI_DATASETS_PATH, else Minari's default."""
+    return Path(root or os.environ.get("MINARI_DATASETS_PATH") or DEFAULT_MINARI_ROOT).expanduser()
+
+
+def resolve_dataset(dataset: str, root: str | None = None) -> tuple[str, Path]:
+    """Return ``(dataset_id, datasets root)`` for a dataset id under ``root`` or a dataset directory."""
+    path = Path(dataset).expanduser()
+    metadata = path / "data" / "metadata.json"
+    if metadata.is_file():
+        try:
+            dataset_id = json.loads(metadata.read_text())["dataset_id"]
+        except (ValueError, KeyError) as error:
+            raise ConfigError(f"offline.dataset={dataset!r} has a malformed {metadata.name}: {error}") from None
+        return dataset_id, path.resolve().parents[len(Path(dataset_id).parts) - 1]
+    base = minari_root(root)
+    if not (base / dataset / "data" / "metadata.json").is_file():
+        raise ConfigError(
+            f"offline.dataset={dataset!r} not found: no Minari dataset at {base / dataset} "
+            "(give an id under offline.root or a dataset directory; make_dataset.py writes one)"
+        )
+    return dataset, base
+
+
+@contextlib.contextmanager
+def _datasets_path(root: Path):
+    """Point Minari at ``root`` for the duration of a load."""
+    previous = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("MINARI_DATASETS_PATH")
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = previous
+
+
+def load_goal_transitions(
+    dataset: str, root: str | None = None, *, observation_dim: int, goal_dim: int, action_dim: int
+) -> TensorDict:
+    """All transitions of a Minari goal dataset as a ``[N]`` TensorDict with the keys the replay buffer
+    stores, episodes one after the other, ``("next", "done")`` on the last step of each; its shapes are
+    checked against the env's.
+
+    Read with Minari itself: torchrl 0.14.1's MinariExperienceReplay hands back all-zero tensors (it
+    lays out its memory-mapped copy with ``memmap_like``, which drops the content).
+    """
+    import minari
+
+    dataset_id, base = resolve_dataset(dataset, root)
+    with _datasets_path(base):
+        try:
+            episodes = list(minari.load_dataset(dataset_id).iterate_episodes())
+        except Exception as error:  # a broken file can fail in h5py or minari alike
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ConfigError(f"offline.dataset={dataset!r} could not be read as a Minari dataset: {reason}") from None
+    if not episodes:
+        raise ConfigError(f"offline.dataset={dataset!r} holds no episodes")
+    observations = episodes[0].observations
+    if not isinstance(observations, dict) or not set(GOAL_KEYS) <= set(observations):
+        raise ConfigError(
+            f"offline.dataset={dataset!r} has no goals: its observations must be a Dict with {', '.join(GOAL_KEYS)}"
+        )
+    shapes = {
+        "observation": (observations["observation"].shape[-1], observation_dim),
+        "goal": (observations["desired_goal"].shape[-1], goal_dim),
+        "action": (episodes[0].actions.shape[-1], action_dim),
+    }
+    for name, (found, expected) in shapes.items():
+        if found != expected:
+            raise ConfigError(
+                f"offline.dataset={dataset!r} does not match the env: its {name} has {found} dimensions, "
+                f"the env's has {expected}"
+            )
+    return torch.cat([_episode_transitions(episode) for episode in episodes])
+
+
+def _episode_transitions(episode) -> TensorDict:
+    """Minari stores T + 1 observations and T actions per episode."""
+    observations = {key: torch.as_tensor(value, dtype=torch.float32) for key, value in episode.observations.items()}
+    steps = len(episode.actions)
+    done = torch.zeros(steps, 1, dtype=torch.bool)
+    done[-1] = True
+    return TensorDict(
+        {
+            "observation": observations["observation"][:-1],
+            "desired_goal": observations["desired_goal"][:-1],
+            "action": torch.as_tensor(episode.actions, dtype=torch.float32),
+            "next": {
+                "observation": observations["observation"][1:],
+                "achieved_goal": observations["achieved_goal"][1:],
+                "done": done,
+            },
+        },
+        batch_size=[steps],
+    )
+
+
+def split_into_columns(transitions: TensorDict, num_columns: int) -> TensorDict:
+    """``[N] -> [num_columns, N // num_columns]``: one contiguous piece per column of the replay storage,
+    each piece's last step marked as an episode end so goals never cross into what the column holds next.
+    The last ``N % num_columns`` transitions are dropped."""
+    length = transitions.shape[0] // num_columns
+    columns = transitions[: length * num_columns].reshape(num_columns, length).clone()
+    columns["next", "done"][:, -1] = True
+    return columns

@@ -1,0 +1,141 @@
+"""Offline data: writing Minari datasets, loading them, bad datasets, and training from them."""
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, TINY_OVERRIDES
+from contrastive_rl.envs import ConfigError, register_goal_envs
+from contrastive_rl.offline import load_goal_transitions, resolve_dataset, split_into_columns
+from contrastive_rl.replay import FutureGoalReplayBuffer
+from contrastive_rl.scripted import make_controller
+from make_dataset import make_dataset
+from utils import load_offline_data, validate_config
+
+MAZE_DIMS = dict(observation_dim=4, goal_dim=2, action_dim=2)
+
+
+@pytest.fixture(scope="module")
+def maze_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("datasets")
+    stats = make_dataset(
+        "PointMaze_UMaze-v3", policy="scripted", episodes=6, max_steps=30,
+        dataset_id="pointmaze/umaze-test-v0", root=root, noise=0.3, random_prob=0.2,
+    )
+    return root, stats
+
+
+def test_scripted_controllers_reach_their_goals():
+    register_goal_envs()
+    for env_name, steps in [("PointMaze_UMaze-v3", 150), ("FetchReach-v4", 50)]:
+        env = gym.make(env_name, max_episode_steps=steps)
+        controller = make_controller(env_name, env)
+        successes = []
+        for episode in range(10):
+            observation, _ = env.reset(seed=episode)
+            for _ in range(steps):
+                observation, _, _, _, info = env.step(controller(observation))
+            successes.append(bool(info.get("success", info.get("is_success", False))))
+        assert np.mean(successes) >= 0.9, env_name
+
+
+def test_dataset_round_trip_keeps_episodes_and_values(maze_dataset):
+    root, stats = maze_dataset
+    assert 0.0 <= stats["success_final"] <= stats["success_any"] <= 1.0
+    transitions = load_goal_transitions("pointmaze/umaze-test-v0", str(root), **MAZE_DIMS)
+    assert transitions.shape == (6 * 30,)
+    done = transitions["next", "done"].squeeze(-1)
+    assert done.nonzero().squeeze(-1).tolist() == [29, 59, 89, 119, 149, 179]
+    assert transitions["observation"].abs().sum() > 0
+    # Within an episode the next observation is the following step's observation.
+    within = ~done[:-1]
+    torch.testing.assert_close(transitions["next", "observation"][:-1][within], transitions["observation"][1:][within])
+    # The achieved goal of a PointMaze state is its position.
+    torch.testing.assert_close(transitions["next", "achieved_goal"], transitions["next", "observation"][:, :2])
+    # The same dataset by directory.
+    assert resolve_dataset(str(root / "pointmaze" / "umaze-test-v0")) == ("pointmaze/umaze-test-v0", root.resolve())
+
+
+def test_offline_goals_stay_in_their_episode(maze_dataset):
+    root, _ = maze_dataset
+    transitions = load_goal_transitions("pointmaze/umaze-test-v0", str(root), **MAZE_DIMS)
+    episode = torch.arange(6).repeat_interleave(30).float()
+    transitions["observation"][:, 0] = episode  # tag each step with its episode
+    transitions["next", "achieved_goal"][:, 0] = episode
+    buffer = FutureGoalReplayBuffer(capacity=180, num_envs=2, batch_size=2000, gamma=0.9)
+    buffer.extend(split_into_columns(transitions, 2))
+    sample = buffer.sample()
+    assert (sample["desired_goal"][:, 0] == sample["observation"][:, 0]).all()
+
+
+def make_pendulum_dataset(root):
+    from minari import DataCollector
+
+    from contrastive_rl.offline import _datasets_path
+
+    collector = DataCollector(gym.make("Pendulum-v1", max_episode_steps=5), record_infos=False)
+    collector.reset(seed=0)
+    for _ in range(5):
+        collector.step(collector.action_space.sample())
+    with _datasets_path(root):
+        collector.create_dataset(dataset_id="pendulum/random-v0", algorithm_name="random")
+
+
+def test_bad_datasets_are_named(tmp_path, maze_dataset, make_cfg):
+    root, _ = maze_dataset
+    with pytest.raises(ConfigError, match="offline.dataset='nowhere/none-v0' not found"):
+        resolve_dataset("nowhere/none-v0", str(tmp_path))
+    broken = tmp_path / "broken" / "bad-v0" / "data"
+    broken.mkdir(parents=True)
+    (broken / "metadata.json").write_text('{"dataset_id": "broken/bad-v0"}')
+    (broken / "main_data.hdf5").write_bytes(b"not an hdf5 file")
+    with pytest.raises(ConfigError, match="could not be read as a Minari dataset"):
+        load_goal_transitions(str(broken.parent), **MAZE_DIMS)
+    (broken / "metadata.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="malformed metadata.json"):
+        resolve_dataset(str(broken.parent))
+    make_pendulum_dataset(tmp_path)
+    with pytest.raises(ConfigError, match="'pendulum/random-v0' has no goals"):
+        load_goal_transitions("pendulum/random-v0", str(tmp_path), **MAZE_DIMS)
+    cfg = make_cfg("env.env_name=FetchReach-v4", "offline.dataset=pointmaze/umaze-test-v0", f"offline.root={root}")
+    with pytest.raises(ConfigError, match="does not match the env: its observation has 4 dimensions, the env's has 10"):
+        load_offline_data(cfg, validate_config(cfg))
+    cfg = make_cfg("env.env_name=PointMaze_UMaze-v3", "offline.dataset=pointmaze/umaze-test-v0", f"offline.root={root}")
+    with pytest.raises(ConfigError, match="buffer.batch_size=2048 .* holds 180 transitions"):
+        load_offline_data(cfg, validate_config(cfg))
+
+
+def test_script_refuses_a_missing_dataset_before_writing_anything(tmp_path):
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "stable_contrastive_rl.py"), "offline.dataset=nowhere/none-v0",
+         f"offline.root={tmp_path}", f"hydra.run.dir={run_dir}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
+        f"error: offline.dataset='nowhere/none-v0' not found: no Minari dataset at {tmp_path}/nowhere/none-v0 "
+        "(give an id under offline.root or a dataset directory; make_dataset.py writes one)"
+    ]
+    assert not (run_dir / "logs").exists()
+
+
+@pytest.mark.parametrize("finetune", [False, True], ids=["offline", "offline-then-online"])
+def test_script_trains_from_a_dataset(tmp_path, maze_dataset, finetune):
+    root, _ = maze_dataset
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "stable_contrastive_rl.py"), *TINY_OVERRIDES,
+         "env.env_name=PointMaze_UMaze-v3", "env.max_steps=30", "offline.dataset=pointmaze/umaze-test-v0",
+         f"offline.root={root}", "offline.gradient_steps=20", "offline.eval_interval=10",
+         f"offline.finetune={finetune}", f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    [success] = tmp_path.glob("logs/*/scalars/eval/success_final.csv")
+    steps = [int(line.split(",")[0]) for line in success.read_text().splitlines()]
+    assert steps == ([10, 20, 220, 420] if finetune else [10, 20])
+    [updates] = tmp_path.glob("logs/*/scalars/train/num_updates.csv")
+    assert float(updates.read_text().splitlines()[-1].split(",")[1]) == (20 + 20 if finetune else 20)
