@@ -1,8 +1,8 @@
 """Train at a CPU-sized config over several seeds and report success rate against env steps and wall-clock.
 
     python benchmarks/learning_curve.py --env FetchReach-v4 --frames 20000 --seeds 0 1
-    python benchmarks/learning_curve.py --env PointMaze_UMaze-v3 --frames 100000 --seeds 0 1 \
-        -- env.max_steps=100
+    python benchmarks/learning_curve.py --env PointMaze_UMaze-v3 --frames 100000 --eval-interval 10000 \
+        -- env.max_steps=100 buffer.batch_size=512 optim.utd_ratio=0.25
 
 Runs the training script once per seed (``--parallel`` at a time, the cores split between them), prints a
 table of the evaluation success rate (deterministic policy, fresh desired goals) per seed with the
@@ -33,25 +33,81 @@ def read_scalar(run_dir: Path, name: str) -> dict[int, float]:
         return {int(step): float(value) for step, value in csv.reader(f)}
 
 
-def train(seed: int, args, run_dir: Path, threads: int) -> dict:
+def train(seed: int, config: str, overrides: list[str], run_dir: Path, threads: int) -> dict:
+    """One run of the training script; its eval curves keyed by the logging step."""
     command = [
-        sys.executable, str(ROOT / "stable_contrastive_rl.py"), "--config-name", args.config,
-        f"env.env_name={args.env}", f"env.seed={seed}", f"collector.total_frames={args.frames}",
-        f"logger.eval_interval={args.eval_interval}", f"logger.num_eval_episodes={args.eval_episodes}",
-        "logger.backend=csv", f"hydra.run.dir={run_dir}", *args.overrides,
+        sys.executable, str(ROOT / "stable_contrastive_rl.py"), "--config-name", config,
+        f"env.seed={seed}", "logger.backend=csv", f"hydra.run.dir={run_dir}", *overrides,
     ]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode:
         raise RuntimeError(f"seed {seed} failed:\n{result.stderr[-3000:]}")
-    elapsed = read_scalar(run_dir, "train/elapsed_seconds")
     updates_per_second = read_scalar(run_dir, "train/updates_per_second")
     return {
         "success": read_scalar(run_dir, "eval/success_final"),
         "success_any": read_scalar(run_dir, "eval/success_any"),
-        "elapsed": elapsed,
+        "elapsed": read_scalar(run_dir, "train/elapsed_seconds"),
         "updates_per_second": updates_per_second[max(updates_per_second)],
     }
+
+
+def run_seeds(seeds: list[int], config: str, overrides: list[str], parallel: int) -> dict[int, dict]:
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(parallel) as pool:
+        results = pool.map(
+            lambda seed: train(seed, config, overrides, Path(tmp) / f"seed_{seed}", threads), seeds
+        )
+        return dict(zip(seeds, results))
+
+
+def report(runs: dict[int, dict], *, title: str, x_label: str, output: Path, baseline: dict | None = None) -> None:
+    """Print the success table and save success against ``x_label`` and wall-clock as a PNG."""
+    seeds = list(runs)
+    steps = sorted(runs[seeds[0]]["success"])
+    header = (
+        f"{x_label:>14} | "
+        + " | ".join(f"seed {s}: final / any (wall s)" for s in seeds)
+        + " | mean final | mean any"
+    )
+    print(title)
+    print("success = share of eval episodes at the goal at their last step (final) or at any step (any)")
+    print(header)
+    print("-" * len(header))
+    for step in steps:
+        cells = [
+            f"{runs[s]['success'][step]:.2f} / {runs[s]['success_any'][step]:.2f} ({runs[s]['elapsed'][step]:.0f})"
+            for s in seeds
+        ]
+        mean_final = sum(runs[s]["success"][step] for s in seeds) / len(seeds)
+        mean_any = sum(runs[s]["success_any"][step] for s in seeds) / len(seeds)
+        print(f"{step:>14} | " + " | ".join(f"{c:>28}" for c in cells) + f" | {mean_final:10.2f} | {mean_any:8.2f}")
+    for s in seeds:
+        print(f"seed {s}: {runs[s]['updates_per_second']:.1f} updates/s, "
+              f"{runs[s]['elapsed'][steps[-1]]:.0f} s in all, best final success {max(runs[s]['success'].values()):.2f}")
+    if baseline:
+        print(f"data policy: success {baseline['success_final']:.2f} final, {baseline['success_any']:.2f} any")
+
+    figure, (by_steps, by_time) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for s in seeds:
+        success = [runs[s]["success"][step] for step in steps]
+        by_steps.plot(steps, success, marker="o", label=f"seed {s}")
+        by_time.plot([runs[s]["elapsed"][step] for step in steps], success, marker="o", label=f"seed {s}")
+    if baseline:
+        for axis in (by_steps, by_time):
+            axis.axhline(baseline["success_final"], color="gray", linestyle="--", label="data policy")
+    by_steps.set_xlabel(x_label)
+    by_time.set_xlabel(f"wall-clock seconds ({os.cpu_count()} CPU cores)")
+    for axis in (by_steps, by_time):
+        axis.set_ylabel("eval success (final step)")
+        axis.set_ylim(-0.05, 1.05)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(output, dpi=100)
+    print(f"saved {output}")
 
 
 def main() -> None:
@@ -66,53 +122,18 @@ def main() -> None:
     parser.add_argument("--output", type=Path, help="PNG of the curves (default: benchmarks/results/<env>.png)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, after --")
     args = parser.parse_args()
-    output = args.output or ROOT / "benchmarks" / "results" / f"{args.env}.png"
-    threads = max(1, (os.cpu_count() or 1) // args.parallel)
-
-    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.parallel) as pool:
-        runs = dict(zip(args.seeds, pool.map(
-            lambda seed: train(seed, args, Path(tmp) / f"seed_{seed}", threads), args.seeds
-        )))
-
-    steps = sorted(runs[args.seeds[0]]["success"])
-    header = (
-        "env steps | "
-        + " | ".join(f"seed {s}: final / any (wall s)" for s in args.seeds)
-        + " | mean final | mean any"
+    overrides = [
+        f"env.env_name={args.env}", f"collector.total_frames={args.frames}",
+        f"logger.eval_interval={args.eval_interval}", f"logger.num_eval_episodes={args.eval_episodes}",
+        *args.overrides,
+    ]
+    runs = run_seeds(args.seeds, args.config, overrides, args.parallel)
+    report(
+        runs,
+        title=f"{args.env}, {args.config} {' '.join(args.overrides)}",
+        x_label="env steps",
+        output=args.output or ROOT / "benchmarks" / "results" / f"{args.env}.png",
     )
-    print(f"{args.env}, config {args.config} {' '.join(args.overrides)}")
-    print("success = share of eval episodes at the goal at their last step (final) or at any step (any)")
-    print(header)
-    print("-" * len(header))
-    for step in steps:
-        cells = [
-            f"{runs[s]['success'][step]:.2f} / {runs[s]['success_any'][step]:.2f} ({runs[s]['elapsed'][step]:.0f})"
-            for s in args.seeds
-        ]
-        mean_final = sum(runs[s]["success"][step] for s in args.seeds) / len(args.seeds)
-        mean_any = sum(runs[s]["success_any"][step] for s in args.seeds) / len(args.seeds)
-        print(f"{step:>9} | " + " | ".join(f"{c:>28}" for c in cells) + f" | {mean_final:10.2f} | {mean_any:8.2f}")
-    for s in args.seeds:
-        print(f"seed {s}: {runs[s]['updates_per_second']:.1f} updates/s, "
-              f"{runs[s]['elapsed'][steps[-1]]:.0f} s in all, best final success {max(runs[s]['success'].values()):.2f}")
-
-    figure, (by_steps, by_time) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for s in args.seeds:
-        success = [runs[s]["success"][step] for step in steps]
-        by_steps.plot(steps, success, marker="o", label=f"seed {s}")
-        by_time.plot([runs[s]["elapsed"][step] for step in steps], success, marker="o", label=f"seed {s}")
-    by_steps.set_xlabel("env steps")
-    by_time.set_xlabel(f"wall-clock seconds ({os.cpu_count()} CPU cores)")
-    for axis in (by_steps, by_time):
-        axis.set_ylabel("eval success (final step)")
-        axis.set_ylim(-0.05, 1.05)
-        axis.grid(alpha=0.3)
-        axis.legend()
-    figure.suptitle(f"Stable Contrastive RL, {args.env} ({args.config})")
-    figure.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output, dpi=100)
-    print(f"saved {output}")
 
 
 if __name__ == "__main__":
