@@ -19,12 +19,13 @@ from torchrl.record.loggers import generate_exp_name
 
 from contrastive_rl.envs import ConfigError
 from utils import (
-    STORED_KEYS,
+    data_keys,
     evaluate,
     get_device,
     load_offline_data,
     log_metrics,
     make_agent,
+    make_augmentation,
     make_collector,
     make_eval_environment,
     make_logger,
@@ -62,6 +63,8 @@ def main(cfg: "DictConfig"):  # noqa: F821
     optimizer = make_optimizer(cfg, loss_module)
     target_updater = make_target_updater(cfg, loss_module)
     replay_buffer = make_replay_buffer(cfg, device, offline_data)
+    augment = make_augmentation(cfg)
+    stored_keys = data_keys(cfg).stored
 
     def update(batch: TensorDict) -> TensorDict:
         loss_td = loss_module(batch)
@@ -77,6 +80,8 @@ def main(cfg: "DictConfig"):  # noqa: F821
         for _ in range(num_updates):
             with timeit("rb - sample"):
                 sample = replay_buffer.sample()
+                if augment is not None:
+                    sample = augment(sample)
             with timeit("update"):
                 losses.append(update(sample).select(*LOSS_KEYS, *METRIC_KEYS))
         if not losses:
@@ -138,7 +143,7 @@ def main(cfg: "DictConfig"):  # noqa: F821
             pbar.update(frames)
 
             with timeit("rb - extend"):
-                replay_buffer.extend(batch.reshape(num_envs, -1).select(*STORED_KEYS))
+                replay_buffer.extend(batch.reshape(num_envs, -1).select(*stored_keys))
 
             metrics = train_episode_metrics(batch)
             if collected_frames >= cfg.collector.init_random_frames:

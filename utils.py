@@ -3,6 +3,7 @@ networks, loss, optimizers, logger and evaluation."""
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 import gymnasium as gym
@@ -25,7 +26,7 @@ from torchrl.envs import (
     StepCounter,
     TransformedEnv,
 )
-from torchrl.envs.libs.gym import GymEnv
+from torchrl.envs.libs.gym import GymEnv, GymWrapper
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import MLP, IndependentNormal, ProbabilisticActor, TanhNormal
 from torchrl.objectives import SoftUpdate
@@ -39,22 +40,42 @@ from contrastive_rl.envs import (
     resolve_env_name,
 )
 from contrastive_rl.loss import CONTRASTIVE_LOSSES, ENERGIES, ContrastiveLoss
-from contrastive_rl.models import ContrastiveCritic, FixedStdNormalHead
+from contrastive_rl.models import ContrastiveCritic, FixedStdNormalHead, GoalConditionedNet
 from contrastive_rl.offline import load_goal_transitions, split_into_columns
+from contrastive_rl.pixels import (
+    GOAL_PIXELS_KEY,
+    PIXELS_KEY,
+    PixelEncoder,
+    RandomShiftCrop,
+    make_pixel_gym_env,
+    supports_image_goals,
+)
 from contrastive_rl.replay import FutureGoalReplayBuffer
 
 LOGGER_BACKENDS = ("wandb", "tensorboard", "csv", "")
 POLICIES = ("tanh_normal", "fixed_std_normal")
 GOAL_KEY = "desired_goal"
-# What the loss and the goal relabelling read; the rest of a collected batch is not stored.
-STORED_KEYS = (
-    "observation",
-    "action",
-    GOAL_KEY,
-    ("next", "observation"),
-    ("next", "achieved_goal"),
-    ("next", "done"),
-)
+
+
+@dataclass(frozen=True)
+class DataKeys:
+    """Where the observation and the goal live: state vectors, or images with ``env.from_pixels``."""
+
+    observation: str
+    goal: str
+    achieved_goal: tuple  # the next state's, the source of hindsight goals
+
+    @property
+    def stored(self) -> tuple:
+        """What the loss and the goal relabelling read; the rest of a collected batch is not stored
+        (the goal itself is written at sampling time)."""
+        return (self.observation, "action", ("next", self.observation), self.achieved_goal, ("next", "done"))
+
+
+def data_keys(cfg) -> DataKeys:
+    if cfg.env.from_pixels:
+        return DataKeys(PIXELS_KEY, GOAL_PIXELS_KEY, ("next", PIXELS_KEY))
+    return DataKeys("observation", GOAL_KEY, ("next", "achieved_goal"))
 
 # ====================================================================
 # Config checks
@@ -153,12 +174,32 @@ def validate_config(cfg) -> str:
             f"logger.backend={backend!r} is not allowed: use one of wandb, tensorboard, csv, "
             "or leave it empty for no logging"
         )
+    if not 0.0 <= cfg.buffer.random_crop_prob <= 1.0:
+        raise ConfigError(
+            f"buffer.random_crop_prob={cfg.buffer.random_crop_prob!r} is not allowed: it must lie in [0, 1]"
+        )
+    if not isinstance(cfg.buffer.random_crop_pad, int) or cfg.buffer.random_crop_pad < 0:
+        raise ConfigError(
+            f"buffer.random_crop_pad={cfg.buffer.random_crop_pad!r} is not allowed: it must be an integer >= 0"
+        )
     env_name = resolve_env_name(cfg.env.env_name)
     env = gym.make(env_name)
     try:
         check_goal_observation_space(env_name, env.observation_space)
     finally:
         env.close()
+    if cfg.env.from_pixels:
+        if not supports_image_goals(env_name):
+            raise ConfigError(
+                f"env.from_pixels=true is not allowed with env.env_name={env_name!r}: image goals are "
+                "rendered for PointMaze_* envs only"
+            )
+        if not isinstance(cfg.env.image_size, int) or cfg.env.image_size < 36:
+            raise ConfigError(
+                f"env.image_size={cfg.env.image_size!r} is not allowed: the encoder needs at least 36 pixels"
+            )
+        if cfg.offline.dataset:
+            raise ConfigError("env.from_pixels=true is not allowed with offline.dataset: datasets hold states only")
     return env_name
 
 
@@ -173,9 +214,12 @@ def get_device(cfg) -> torch.device:
 # -----------
 
 
-def env_maker(env_name: str, max_steps: int) -> GymEnv:
+def env_maker(env_name: str, max_steps: int, from_pixels: bool = False, image_size: int = 64) -> GymEnv:
     register_goal_envs()  # worker processes start with an empty gymnasium registry
-    env = GymEnv(env_name, max_episode_steps=max_steps)
+    if from_pixels:
+        env = GymWrapper(make_pixel_gym_env(env_name, max_steps, image_size))
+    else:
+        env = GymEnv(env_name, max_episode_steps=max_steps)
     env.set_info_dict_reader(SuccessInfoReader())
     return env
 
@@ -188,7 +232,15 @@ def apply_env_transforms(env, max_steps: int) -> TransformedEnv:
 
 
 def _env_creator(cfg, env_name: str) -> EnvCreator:
-    return EnvCreator(functools.partial(env_maker, env_name=env_name, max_steps=cfg.env.max_steps))
+    return EnvCreator(
+        functools.partial(
+            env_maker,
+            env_name=env_name,
+            max_steps=cfg.env.max_steps,
+            from_pixels=cfg.env.from_pixels,
+            image_size=cfg.env.image_size,
+        )
+    )
 
 
 def make_train_environment(cfg, env_name: str) -> TransformedEnv:
@@ -258,6 +310,7 @@ def make_collector(cfg, train_env, actor, device) -> Collector:
 
 def make_replay_buffer(cfg, device, offline_data: TensorDict | None = None) -> FutureGoalReplayBuffer:
     """The future-goal buffer, holding the offline dataset first if there is one (and grown to fit it)."""
+    keys = data_keys(cfg)
     capacity = cfg.buffer.size if offline_data is None else max(cfg.buffer.size, len(offline_data))
     replay_buffer = FutureGoalReplayBuffer(
         capacity=capacity,
@@ -265,11 +318,26 @@ def make_replay_buffer(cfg, device, offline_data: TensorDict | None = None) -> F
         batch_size=cfg.buffer.batch_size,
         gamma=cfg.loss.gamma,
         device=device,
-        goal_key=GOAL_KEY,
+        goal_key=keys.goal,
+        achieved_goal_key=keys.achieved_goal,
     )
     if offline_data is not None:
-        replay_buffer.extend(split_into_columns(offline_data.to(device), cfg.collector.num_envs))
+        columns = split_into_columns(offline_data.select(*keys.stored), cfg.collector.num_envs)
+        replay_buffer.extend(columns.to(device))
     return replay_buffer
+
+
+def make_augmentation(cfg) -> RandomShiftCrop | None:
+    """Random crop of the images of a sampled batch: the observation, its goal and the next observation
+    share each sample's crop."""
+    if not cfg.env.from_pixels or cfg.buffer.random_crop_prob == 0:
+        return None
+    keys = data_keys(cfg)
+    return RandomShiftCrop(
+        in_keys=[keys.observation, keys.goal, ("next", keys.observation)],
+        pad=cfg.buffer.random_crop_pad,
+        prob=cfg.buffer.random_crop_prob,
+    )
 
 
 # ====================================================================
@@ -279,9 +347,15 @@ def make_replay_buffer(cfg, device, offline_data: TensorDict | None = None) -> F
 
 def make_agent(cfg, env, device) -> tuple[ProbabilisticActor, ContrastiveCritic]:
     """The policy pi(a | s, g), tanh-Gaussian or fixed-std Gaussian, and the contrastive critic."""
-    observation_spec = env.observation_spec
-    observation_dim = observation_spec["observation"].shape[-1]
-    goal_dim = observation_spec[GOAL_KEY].shape[-1]
+    keys = data_keys(cfg)
+    if cfg.env.from_pixels:
+        critic_encoder = PixelEncoder(cfg.env.image_size, device=device)
+        actor_encoder = PixelEncoder(cfg.env.image_size, device=device)
+        observation_dim = goal_dim = critic_encoder.out_features
+    else:
+        critic_encoder = actor_encoder = None
+        observation_dim = env.observation_spec["observation"].shape[-1]
+        goal_dim = env.observation_spec[GOAL_KEY].shape[-1]
     action_spec = env.full_action_spec_unbatched["action"].to(device)
     action_dim = action_spec.shape[-1]
     model = cfg.model
@@ -311,7 +385,11 @@ def make_agent(cfg, env, device) -> tuple[ProbabilisticActor, ContrastiveCritic]
         distribution_class = IndependentNormal
         distribution_kwargs = {}
     actor_module = TensorDictSequential(
-        TensorDictModule(actor_net, in_keys=["observation", GOAL_KEY], out_keys=["actor_params"]),
+        TensorDictModule(
+            GoalConditionedNet(actor_net, actor_encoder),
+            in_keys=[keys.observation, keys.goal],
+            out_keys=["actor_params"],
+        ),
         TensorDictModule(head, in_keys=["actor_params"], out_keys=["loc", "scale"]),
     )
     actor = ProbabilisticActor(
@@ -333,6 +411,7 @@ def make_agent(cfg, env, device) -> tuple[ProbabilisticActor, ContrastiveCritic]
         use_layer_norm=model.use_layer_norm,
         cold_init=model.cold_init,
         num_critics=2 if model.twin_critics else 1,
+        encoder=critic_encoder,
         device=device,
     )
     return actor, critic
@@ -364,7 +443,13 @@ def make_loss_module(cfg, actor, critic) -> ContrastiveLoss:
         target_entropy=target_entropy,
         random_goal_fraction=cfg.loss.random_goal_fraction,
     )
-    loss_module.set_keys(goal=GOAL_KEY)
+    keys = data_keys(cfg)
+    loss_module.set_keys(
+        observation=keys.observation,
+        goal=keys.goal,
+        next_observation=("next", keys.observation),
+        next_achieved_goal=keys.achieved_goal,
+    )
     return loss_module
 
 

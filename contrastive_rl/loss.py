@@ -311,7 +311,7 @@ class ContrastiveLoss(LossModule):
     def _actor_input(self, observation: torch.Tensor, goal: torch.Tensor) -> TensorDict:
         return TensorDict(
             {self.tensor_keys.observation: observation, self.tensor_keys.goal: goal},
-            batch_size=observation.shape[:-1],
+            batch_size=observation.shape[:1],
         )
 
     def _actor_goals(self, goal: torch.Tensor, goal_repr: torch.Tensor):

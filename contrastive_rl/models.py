@@ -42,6 +42,8 @@ def make_encoder(
 class ContrastiveCritic(nn.Module):
     """``num_critics`` independent pairs of encoders phi(s, a) and psi(g).
 
+    An ``encoder`` (the CNN, for images) maps observations and goals to features first; it is shared by
+    phi and psi and by the critics, and ``observation_dim`` / ``goal_dim`` are then its output size.
     Every method returns a leading critic dimension: representations are ``[num_critics, B, embed_dim]``.
     """
 
@@ -57,9 +59,11 @@ class ContrastiveCritic(nn.Module):
         use_layer_norm: bool,
         cold_init: bool,
         num_critics: int = 1,
+        encoder: nn.Module | None = None,
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
+        self.encoder = encoder if encoder is not None else nn.Identity()
         encoder_kwargs = dict(
             hidden_dim=hidden_dim,
             num_layers=num_layers,
@@ -80,15 +84,29 @@ class ContrastiveCritic(nn.Module):
         return len(self.goal_encoders)
 
     def encode_state_action(self, observation: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return torch.stack([phi(observation, action) for phi in self.state_action_encoders])
+        features = self.encoder(observation)
+        return torch.stack([phi(features, action) for phi in self.state_action_encoders])
 
     def encode_goal(self, goal: torch.Tensor) -> torch.Tensor:
-        return torch.stack([psi(goal) for psi in self.goal_encoders])
+        features = self.encoder(goal)
+        return torch.stack([psi(features) for psi in self.goal_encoders])
 
     def forward(
         self, observation: torch.Tensor, action: torch.Tensor, goal: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encode_state_action(observation, action), self.encode_goal(goal)
+
+
+class GoalConditionedNet(nn.Module):
+    """``mlp(encoder(observation), encoder(goal))``: the policy's torso, with its own image encoder."""
+
+    def __init__(self, mlp: nn.Module, encoder: nn.Module | None = None) -> None:
+        super().__init__()
+        self.mlp = mlp
+        self.encoder = encoder if encoder is not None else nn.Identity()
+
+    def forward(self, observation: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.encoder(observation), self.encoder(goal))
 
 
 class FixedStdNormalHead(nn.Module):

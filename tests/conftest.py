@@ -1,3 +1,4 @@
+import functools
 import os
 import sys
 from pathlib import Path
@@ -34,3 +35,22 @@ def make_cfg():
             return compose(config_name="config", overrides=list(overrides))
 
     return _make
+
+
+@functools.cache
+def rendering_unavailable() -> str:
+    """Empty if MuJoCo can render offscreen here, else why not."""
+    from contrastive_rl.envs import register_goal_envs
+    from contrastive_rl.pixels import make_pixel_gym_env
+
+    register_goal_envs()
+    try:
+        env = make_pixel_gym_env("PointMaze_UMaze-v3", 5, 48)
+        env.reset(seed=0)
+        env.close()
+    except Exception as error:  # no GL library, no EGL device, ...
+        return f"no offscreen MuJoCo rendering ({type(error).__name__}: {error}); see the README's Images section"
+    return ""
+
+
+needs_rendering = pytest.mark.skipif(bool(rendering_unavailable()), reason=rendering_unavailable() or "rendering works")

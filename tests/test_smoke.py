@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, TINY_OVERRIDES
+from conftest import ROOT, TINY_OVERRIDES, needs_rendering
 
 
 def read_scalar(run_dir, name):
@@ -20,8 +20,12 @@ def read_scalar(run_dir, name):
         ["env.env_name=FetchReach-v3"],
         ["env.env_name=PointMaze_UMaze-v3", "env.max_steps=100", "collector.num_envs=2"],
         ["loss.contrastive=td", "model.policy=fixed_std_normal", "loss.bc_coef=0.05", "loss.energy=l2"],
+        pytest.param(
+            ["env.env_name=PointMaze_UMaze-v3", "env.max_steps=50", "env.from_pixels=true", "env.image_size=48"],
+            marks=needs_rendering,
+        ),
     ],
-    ids=["FetchReach", "PointMaze", "FetchReach-td"],
+    ids=["FetchReach", "PointMaze", "FetchReach-td", "PointMaze-pixels"],
 )
 def test_script_runs_end_to_end(tmp_path, env_overrides):
     result = subprocess.run(
