@@ -22,6 +22,7 @@ import numpy as np
 
 from contrastive_rl.envs import ConfigError, SuccessInfoReader, check_goal_observation_space, resolve_env_name
 from contrastive_rl.offline import _datasets_path
+from contrastive_rl.pixels import make_pixel_gym_env, supports_image_goals
 from contrastive_rl.scripted import make_controller
 
 POLICIES = ("random", "scripted")
@@ -39,16 +40,25 @@ def make_dataset(
     random_prob: float = 0.0,
     seed: int = 0,
     overwrite: bool = False,
+    image_size: int | None = None,
 ) -> dict[str, float]:
-    """Roll out ``policy`` and write a Minari dataset; return the data policy's success rates."""
+    """Roll out ``policy`` and write a Minari dataset; return the data policy's success rates.
+
+    With ``image_size``, observations also hold the rendered ``pixels`` and ``goal_pixels`` (PointMaze).
+    """
     from minari import DataCollector
 
     env_name = resolve_env_name(env_name)
     target = root / dataset_id
     if target.exists() and not overwrite:
         raise ConfigError(f"--dataset-id {dataset_id!r}: {target} exists already (pass --overwrite to replace it)")
-    env = gym.make(env_name, max_episode_steps=max_steps)
-    check_goal_observation_space(env_name, env.observation_space)
+    check_goal_observation_space(env_name, gym.make(env_name).observation_space)
+    if image_size is None:
+        env = gym.make(env_name, max_episode_steps=max_steps)
+    elif supports_image_goals(env_name):
+        env = make_pixel_gym_env(env_name, max_steps, image_size)
+    else:
+        raise ConfigError(f"--from-pixels: image goals are rendered for PointMaze_* envs only, not {env_name}")
     controller = make_controller(env_name, env) if policy == "scripted" else None
     collector = DataCollector(env, record_infos=False)
     rng = np.random.default_rng(seed)
@@ -98,6 +108,8 @@ def main() -> None:
     parser.add_argument("--random-prob", type=float, default=0.0, help="per-step probability of a uniform random action")
     parser.add_argument("--dataset-id", required=True, help="Minari id, namespace/name-vN")
     parser.add_argument("--root", type=Path, default=Path("datasets"), help="directory of Minari datasets")
+    parser.add_argument("--from-pixels", action="store_true", help="also store rendered images (PointMaze)")
+    parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()
@@ -110,7 +122,7 @@ def main() -> None:
         stats = make_dataset(
             args.env, policy=args.policy, episodes=args.episodes, max_steps=args.max_steps,
             dataset_id=args.dataset_id, root=args.root, noise=args.noise, random_prob=args.random_prob,
-            seed=args.seed, overwrite=args.overwrite,
+            seed=args.seed, overwrite=args.overwrite, image_size=args.image_size if args.from_pixels else None,
         )
     except (ConfigError, ValueError) as error:
         sys.exit(f"error: {error}")

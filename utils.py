@@ -47,6 +47,7 @@ from contrastive_rl.pixels import (
     PIXELS_KEY,
     PixelEncoder,
     RandomShiftCrop,
+    SharedEncoderView,
     make_pixel_gym_env,
     supports_image_goals,
 )
@@ -198,8 +199,6 @@ def validate_config(cfg) -> str:
             raise ConfigError(
                 f"env.image_size={cfg.env.image_size!r} is not allowed: the encoder needs at least 36 pixels"
             )
-        if cfg.offline.dataset:
-            raise ConfigError("env.from_pixels=true is not allowed with offline.dataset: datasets hold states only")
     return env_name
 
 
@@ -278,7 +277,8 @@ def load_offline_data(cfg, env_name: str) -> TensorDict:
     if (as_path / "data" / "metadata.json").is_file():
         dataset = str(as_path)
     root = to_absolute_path(cfg.offline.root) if cfg.offline.root else None
-    transitions = load_goal_transitions(dataset, root, **dims)
+    image_size = cfg.env.image_size if cfg.env.from_pixels else None
+    transitions = load_goal_transitions(dataset, root, image_size=image_size, **dims)
     usable = len(transitions) // cfg.collector.num_envs * cfg.collector.num_envs
     if cfg.buffer.batch_size > usable:
         raise ConfigError(
@@ -348,9 +348,13 @@ def make_augmentation(cfg) -> RandomShiftCrop | None:
 def make_agent(cfg, env, device) -> tuple[ProbabilisticActor, ContrastiveCritic]:
     """The policy pi(a | s, g), tanh-Gaussian or fixed-std Gaussian, and the contrastive critic."""
     keys = data_keys(cfg)
+    model = cfg.model
     if cfg.env.from_pixels:
         critic_encoder = PixelEncoder(cfg.env.image_size, device=device)
-        actor_encoder = PixelEncoder(cfg.env.image_size, device=device)
+        if model.actor_shares_encoder:
+            actor_encoder = SharedEncoderView(critic_encoder)
+        else:
+            actor_encoder = PixelEncoder(cfg.env.image_size, device=device)
         observation_dim = goal_dim = critic_encoder.out_features
     else:
         critic_encoder = actor_encoder = None
@@ -358,7 +362,6 @@ def make_agent(cfg, env, device) -> tuple[ProbabilisticActor, ContrastiveCritic]
         goal_dim = env.observation_spec[GOAL_KEY].shape[-1]
     action_spec = env.full_action_spec_unbatched["action"].to(device)
     action_dim = action_spec.shape[-1]
-    model = cfg.model
     hidden_layers = model.num_layers
 
     actor_net = MLP(

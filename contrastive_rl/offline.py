@@ -53,11 +53,18 @@ def _datasets_path(root: Path):
 
 
 def load_goal_transitions(
-    dataset: str, root: str | None = None, *, observation_dim: int, goal_dim: int, action_dim: int
+    dataset: str,
+    root: str | None = None,
+    *,
+    observation_dim: int,
+    goal_dim: int,
+    action_dim: int,
+    image_size: int | None = None,
 ) -> TensorDict:
     """All transitions of a Minari goal dataset as a ``[N]`` TensorDict with the keys the replay buffer
     stores, episodes one after the other, ``("next", "done")`` on the last step of each; its shapes are
-    checked against the env's.
+    checked against the env's. With ``image_size``, the dataset must hold ``pixels`` of that size, kept
+    as uint8.
 
     Read with Minari itself: torchrl 0.14.1's MinariExperienceReplay hands back all-zero tensors (it
     lays out its memory-mapped copy with ``memmap_like``, which drops the content).
@@ -89,16 +96,28 @@ def load_goal_transitions(
                 f"offline.dataset={dataset!r} does not match the env: its {name} has {found} dimensions, "
                 f"the env's has {expected}"
             )
+    if image_size is not None:
+        expected = (image_size, image_size, 3)
+        found = tuple(observations["pixels"].shape[1:]) if "pixels" in observations else None
+        if found != expected:
+            raise ConfigError(
+                f"offline.dataset={dataset!r} has no {image_size} x {image_size} images (found "
+                f"{found or 'none'}): write it with make_dataset.py --from-pixels --image-size {image_size}"
+            )
     return torch.cat([_episode_transitions(episode) for episode in episodes])
 
 
 def _episode_transitions(episode) -> TensorDict:
-    """Minari stores T + 1 observations and T actions per episode."""
-    observations = {key: torch.as_tensor(value, dtype=torch.float32) for key, value in episode.observations.items()}
+    """Minari stores T + 1 observations and T actions per episode. Images stay uint8."""
+    observations = {
+        key: torch.as_tensor(value) if key == "pixels" else torch.as_tensor(value, dtype=torch.float32)
+        for key, value in episode.observations.items()
+        if key in (*GOAL_KEYS, "pixels")
+    }
     steps = len(episode.actions)
     done = torch.zeros(steps, 1, dtype=torch.bool)
     done[-1] = True
-    return TensorDict(
+    transitions = TensorDict(
         {
             "observation": observations["observation"][:-1],
             "desired_goal": observations["desired_goal"][:-1],
@@ -111,6 +130,10 @@ def _episode_transitions(episode) -> TensorDict:
         },
         batch_size=[steps],
     )
+    if "pixels" in observations:
+        transitions["pixels"] = observations["pixels"][:-1]
+        transitions["next", "pixels"] = observations["pixels"][1:]
+    return transitions
 
 
 def split_into_columns(transitions: TensorDict, num_columns: int) -> TensorDict:

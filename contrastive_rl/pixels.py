@@ -104,6 +104,19 @@ class PixelEncoder(nn.Module):
         return self.net(images).reshape(*batch_shape, self.out_features)
 
 
+class SharedEncoderView(nn.Module):
+    """The critic's encoder seen from the actor: same weights, output detached, so the actor loss never
+    trains the encoder and the encoder's parameters stay the critic's alone."""
+
+    def __init__(self, encoder: PixelEncoder) -> None:
+        super().__init__()
+        self.__dict__["encoder"] = encoder  # not a submodule: its parameters belong to the critic
+        self.out_features = encoder.out_features
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.encoder(pixels).detach()
+
+
 class RandomShiftCrop(Transform):
     """Random-crop augmentation of the paper: pad by ``pad`` pixels (replicating the border) and crop
     back to size at a random offset, the SAME offset for every key of a sample (an observation and its

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, TINY_OVERRIDES
+from conftest import ROOT, TINY_OVERRIDES, needs_rendering
 from contrastive_rl.envs import ConfigError, register_goal_envs
 from contrastive_rl.offline import load_goal_transitions, resolve_dataset, split_into_columns
 from contrastive_rl.replay import FutureGoalReplayBuffer
@@ -139,3 +139,20 @@ def test_script_trains_from_a_dataset(tmp_path, maze_dataset, finetune):
     assert steps == ([10, 20, 220, 420] if finetune else [10, 20])
     [updates] = tmp_path.glob("logs/*/scalars/train/num_updates.csv")
     assert float(updates.read_text().splitlines()[-1].split(",")[1]) == (20 + 20 if finetune else 20)
+
+
+@needs_rendering
+def test_pixel_dataset_round_trip_and_size_check(tmp_path):
+    make_dataset(
+        "PointMaze_UMaze-v3", policy="scripted", episodes=2, max_steps=10,
+        dataset_id="pointmaze/pixels-v0", root=tmp_path, image_size=40,
+    )
+    transitions = load_goal_transitions("pointmaze/pixels-v0", str(tmp_path), image_size=40, **MAZE_DIMS)
+    assert transitions["pixels"].shape == (20, 40, 40, 3) and transitions["pixels"].dtype == torch.uint8
+    torch.testing.assert_close(transitions["next", "pixels"][:9], transitions["pixels"][1:10])
+    with pytest.raises(ConfigError, match="has no 48 x 48 images .* --from-pixels --image-size 48"):
+        load_goal_transitions("pointmaze/pixels-v0", str(tmp_path), image_size=48, **MAZE_DIMS)
+    with pytest.raises(ConfigError, match="has no 40 x 40 images \\(found none\\)"):
+        make_dataset("PointMaze_UMaze-v3", policy="random", episodes=1, max_steps=5,
+                     dataset_id="pointmaze/states-v0", root=tmp_path)
+        load_goal_transitions("pointmaze/states-v0", str(tmp_path), image_size=40, **MAZE_DIMS)

@@ -102,3 +102,34 @@ def test_bad_pixel_config_is_named(make_cfg, override, pattern):
     cfg = make_cfg("env.env_name=PointMaze_UMaze-v3", "env.from_pixels=true", override)
     with pytest.raises(ConfigError, match=pattern):
         validate_config(cfg)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_actor_encoder_is_its_own_or_the_critics_detached(make_cfg, shared):
+    from torchrl.data import Bounded, Composite
+
+    from utils import make_agent, make_loss_module, make_optimizer
+
+    class Specs:
+        full_action_spec_unbatched = Composite(action=Bounded(-1.0, 1.0, shape=(2,)))
+
+    cfg = make_cfg("env.env_name=PointMaze_UMaze-v3", "env.from_pixels=true", "env.image_size=40",
+                   "model.hidden_dim=16", "model.num_layers=1", "model.embed_dim=4", "buffer.batch_size=8",
+                   f"model.actor_shares_encoder={shared}")
+    actor, critic = make_agent(cfg, Specs(), "cpu")
+    actor_convs = [p for name, p in actor.named_parameters() if ".net.0." in name]
+    assert bool(actor_convs) is not shared
+    loss_module = make_loss_module(cfg, actor, critic)
+    optimizer = make_optimizer(cfg, loss_module)  # raises if a parameter sat in two groups
+    images = torch.randint(0, 256, (8, 40, 40, 3), dtype=torch.uint8)
+    batch = TensorDict(pixels=images, goal_pixels=images.flip(0), action=torch.rand(8, 2) * 2 - 1, batch_size=[8])
+    loss_module(batch)["loss_actor"].backward()
+    encoder_grads = [p.grad for p in critic.encoder.parameters()]
+    assert all(g is None or (g == 0).all() for g in encoder_grads)
+    optimizer.zero_grad()
+    if shared:
+        # The actor follows the critic's encoder weights.
+        before = actor(batch.clone())["loc"]
+        with torch.no_grad():
+            next(critic.encoder.parameters()).add_(1.0)
+        assert not torch.allclose(actor(batch.clone())["loc"], before)
