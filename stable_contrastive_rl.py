@@ -14,7 +14,8 @@ import numpy as np
 import torch
 import tqdm
 from tensordict import TensorDict
-from torchrl._utils import timeit
+from tensordict.nn import CudaGraphModule
+from torchrl._utils import compile_with_warmup, timeit
 from torchrl.record.loggers import generate_exp_name
 
 from contrastive_rl.envs import ConfigError
@@ -75,6 +76,11 @@ def main(cfg: "DictConfig"):  # noqa: F821
             target_updater.step()
         return loss_td.detach()
 
+    if cfg.compile.compile:
+        update = compile_with_warmup(update, mode=cfg.compile.compile_mode or None, warmup=1)
+    if cfg.compile.cudagraphs:
+        update = CudaGraphModule(update, in_keys=[], out_keys=[], warmup=5)
+
     def train(num_updates: int) -> dict[str, float]:
         losses = []
         for _ in range(num_updates):
@@ -83,7 +89,8 @@ def main(cfg: "DictConfig"):  # noqa: F821
                 if augment is not None:
                     sample = augment(sample)
             with timeit("update"):
-                losses.append(update(sample).select(*LOSS_KEYS, *METRIC_KEYS))
+                torch.compiler.cudagraph_mark_step_begin()
+                losses.append(update(sample).select(*LOSS_KEYS, *METRIC_KEYS).clone())
         if not losses:
             return {}
         losses = torch.stack(losses).mean()

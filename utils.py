@@ -183,6 +183,15 @@ def validate_config(cfg) -> str:
         raise ConfigError(
             f"buffer.random_crop_pad={cfg.buffer.random_crop_pad!r} is not allowed: it must be an integer >= 0"
         )
+    if cfg.compile.compile_mode not in ("", None, "default", "reduce-overhead", "max-autotune"):
+        raise ConfigError(
+            f"compile.compile_mode={cfg.compile.compile_mode!r} is not allowed: use default, "
+            "reduce-overhead or max-autotune"
+        )
+    if cfg.compile.cudagraphs and get_device(cfg).type != "cuda":
+        raise ConfigError(
+            f"compile.cudagraphs=true is not allowed on device {str(get_device(cfg))!r}: CUDA graphs need a GPU"
+        )
     env_name = resolve_env_name(cfg.env.env_name)
     env = gym.make(env_name)
     try:

@@ -81,6 +81,7 @@ def test_missing_version_resolves_to_newest(make_cfg, caplog):
         ("model.policy=beta", "model.policy='beta' .* tanh_normal, fixed_std_normal"),
         ("loss.bc_coef=1.5", r"loss.bc_coef=1.5 .* \[0, 1\]"),
         ("loss.temperature=0", "loss.temperature=0 .* positive"),
+        ("compile.compile_mode=fastest", "compile.compile_mode='fastest' .* reduce-overhead"),
     ],
 )
 def test_bad_input_is_named(make_cfg, override, pattern):
@@ -122,3 +123,8 @@ def test_presets_compose_and_validate(config_name, expected):
     for key, value in expected.items():
         assert lookup(cfg, key) == value, key
     assert validate_config(cfg) == "FetchReach-v4"
+
+
+def test_cudagraphs_need_a_gpu(make_cfg):
+    with pytest.raises(ConfigError, match="compile.cudagraphs=true is not allowed on device 'cpu'"):
+        validate_config(make_cfg("compile.cudagraphs=true", "device=cpu"))

@@ -57,3 +57,14 @@ def test_logger_backends_write_without_network(tmp_path, backend, pattern):
     assert result.returncode == 0, result.stderr[-3000:]
     files = list(tmp_path.glob(pattern))
     assert files and files[0].stat().st_size > 0
+
+
+def test_compiled_update_runs_end_to_end(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "stable_contrastive_rl.py"), *TINY_OVERRIDES, "compile.compile=true",
+         "collector.total_frames=300", "logger.eval_interval=300", f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    loss = read_scalar(tmp_path, "train/loss_critic")
+    assert [step for step, _ in loss] == [100, 200, 300] and all(value == value for _, value in loss)

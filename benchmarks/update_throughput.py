@@ -1,0 +1,211 @@
+"""Gradient-update throughput against a matmul roofline and against a naive update, measured in one run.
+
+    python benchmarks/update_throughput.py [--repeats 5] [--updates 5] [--compile]
+
+For the paper size (batch 2048, 4 x 1024, embed 64) and the quick CPU size, twin critics on and off,
+prints: ms per full update (critic + actor + Adam), the FLOPs of that update counted from the layer
+shapes, the GFLOP/s achieved, and the ratio to the roofline, a float32 torch.matmul of the dominant
+shape (2048 x 1024 by 1024 x 1024) timed in the same run with the same threads. Then the ratio of the
+project's update to a naive one (the same maths in plain eager PyTorch: separate modules, the twin
+critics one after the other, the whole critic recomputed for the actor, three optimizers). With
+``--compile`` it also times the torch.compile'd update, compile time included. GPU rows are skipped on
+a machine without CUDA.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from tensordict import TensorDict
+from torch import nn
+from torchrl.data import Bounded, Composite, Unbounded
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from utils import make_agent, make_loss_module, make_optimizer  # noqa: E402
+
+OBSERVATION_DIM, GOAL_DIM, ACTION_DIM = 10, 3, 4  # FetchReach
+LOSS_KEYS = ("loss_critic", "loss_actor", "loss_alpha")
+
+
+class FetchReachSpecs:
+    observation_spec = Composite(observation=Unbounded(OBSERVATION_DIM), desired_goal=Unbounded(GOAL_DIM))
+    full_action_spec_unbatched = Composite(action=Bounded(-1.0, 1.0, shape=(ACTION_DIM,)))
+
+
+def load_cfg(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(ROOT), version_base="1.1"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def random_batch(batch_size: int, device) -> TensorDict:
+    return TensorDict(
+        observation=torch.randn(batch_size, OBSERVATION_DIM),
+        action=torch.rand(batch_size, ACTION_DIM) * 2 - 1,
+        desired_goal=torch.randn(batch_size, GOAL_DIM),
+        batch_size=[batch_size],
+    ).to(device)
+
+
+def median_ms(step, repeats: int, updates: int, device) -> float:
+    rounds = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(updates):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        rounds.append((time.perf_counter() - start) / updates * 1000)
+    return statistics.median(rounds)
+
+
+def linear_flops(batch: int, widths: list[int]) -> int:
+    """Forward multiply-adds (x2) of an MLP with layer widths ``widths``."""
+    return sum(2 * batch * fan_in * fan_out for fan_in, fan_out in zip(widths[:-1], widths[1:]))
+
+
+def update_flops(cfg) -> int:
+    """FLOPs of one update from the layer shapes: a layer's backward costs twice its forward (input and
+    weight gradients), and once where only the input gradient is needed (the critic in the actor loss)."""
+    b, h, n, e = cfg.buffer.batch_size, cfg.model.hidden_dim, cfg.model.num_layers, cfg.model.embed_dim
+    critics = 2 if cfg.model.twin_critics else 1
+    phi = linear_flops(b, [OBSERVATION_DIM + ACTION_DIM] + [h] * n + [e])
+    psi = linear_flops(b, [GOAL_DIM] + [h] * n + [e])
+    actor = linear_flops(b, [OBSERVATION_DIM + GOAL_DIM] + [h] * n + [2 * ACTION_DIM])
+    logits = 2 * b * b * e
+    critic_step = critics * 3 * (phi + psi + logits)
+    actor_step = 3 * actor + critics * 2 * phi  # psi(g) is reused from the critic step
+    return critic_step + actor_step
+
+
+class NaiveUpdate:
+    """The same maths written plainly: separate modules, critics in turn, critic recomputed for the actor."""
+
+    def __init__(self, cfg, device) -> None:
+        h, n, e = cfg.model.hidden_dim, cfg.model.num_layers, cfg.model.embed_dim
+
+        def mlp(fan_in, fan_out, cold):
+            layers = []
+            for width_in in [fan_in] + [h] * (n - 1):
+                layers += [nn.Linear(width_in, h), nn.LayerNorm(h), nn.ReLU()]
+            last = nn.Linear(h, fan_out)
+            if cold:
+                nn.init.uniform_(last.weight, -1e-12, 1e-12)
+                nn.init.zeros_(last.bias)
+            return nn.Sequential(*layers, last).to(device)
+
+        critics = 2 if cfg.model.twin_critics else 1
+        self.phis = [mlp(OBSERVATION_DIM + ACTION_DIM, e, True) for _ in range(critics)]
+        self.psis = [mlp(GOAL_DIM, e, True) for _ in range(critics)]
+        self.actor = mlp(OBSERVATION_DIM + GOAL_DIM, 2 * ACTION_DIM, False)
+        self.critic_optimizers = [
+            torch.optim.Adam([*phi.parameters(), *psi.parameters()], lr=cfg.optim.lr)
+            for phi, psi in zip(self.phis, self.psis)
+        ]
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.optim.lr)
+
+    def __call__(self, batch: TensorDict) -> None:
+        obs, action, goal = batch["observation"], batch["action"], batch["desired_goal"]
+        labels = torch.arange(obs.shape[0], device=obs.device)
+        for phi, psi, optimizer in zip(self.phis, self.psis, self.critic_optimizers):
+            logits = phi(torch.cat([obs, action], -1)) @ psi(goal).T
+            F.cross_entropy(logits, labels).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        loc, scale = self.actor(torch.cat([obs, goal], -1)).chunk(2, -1)
+        dist = torch.distributions.Normal(loc, F.softplus(scale) + 1e-4)
+        new_action = torch.tanh(dist.rsample())
+        values = []
+        for phi, psi in zip(self.phis, self.psis):
+            for p in (*phi.parameters(), *psi.parameters()):
+                p.requires_grad_(False)
+            values.append((phi(torch.cat([obs, new_action], -1)) * psi(goal)).sum(-1))
+            for p in (*phi.parameters(), *psi.parameters()):
+                p.requires_grad_(True)
+        (-torch.stack(values).min(0).values.mean()).backward()
+        self.actor_optimizer.step()
+        self.actor_optimizer.zero_grad()
+
+
+def project_update(cfg, device):
+    actor, critic = make_agent(cfg, FetchReachSpecs(), device)
+    loss_module = make_loss_module(cfg, actor, critic)
+    optimizer = make_optimizer(cfg, loss_module)
+
+    def update(batch: TensorDict) -> None:
+        loss_td = loss_module(batch)
+        sum(loss_td[key] for key in LOSS_KEYS).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return update
+
+
+def roofline_gflops(device, repeats: int) -> float:
+    a = torch.randn(2048, 1024, device=device)
+    b = torch.randn(1024, 1024, device=device)
+    torch.matmul(a, b)
+    ms = median_ms(lambda: torch.matmul(a, b), repeats, 20, device)
+    return 2 * 2048 * 1024 * 1024 / (ms / 1000) / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--updates", type=int, default=5)
+    parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd update")
+    args = parser.parse_args()
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    else:
+        print("GPU rows skipped: no CUDA device on this machine")
+    sizes = {
+        "paper": [],
+        "quick": ["model.hidden_dim=256", "model.num_layers=2", "buffer.batch_size=256"],
+    }
+    for device in devices:
+        roofline = roofline_gflops(device, args.repeats)
+        print(f"\n{device.type}: torch {torch.__version__}, {torch.get_num_threads()} threads, float32; "
+              f"matmul roofline 2048x1024x1024: {roofline:.0f} GFLOP/s")
+        header = (f"{'size':<6} {'twin':<5} {'ms/update':>10} {'GFLOP/update':>13} {'GFLOP/s':>8} "
+                  f"{'/roofline':>9} {'naive ms':>9} {'naive/ours':>10}")
+        if args.compile:
+            header += f" {'compiled ms':>11} {'compile s':>9} {'naive/compiled':>14}"
+        print(header)
+        for size, overrides in sizes.items():
+            for twin in (True, False):
+                cfg = load_cfg([*overrides, f"model.twin_critics={twin}"])
+                torch.manual_seed(0)
+                batch = random_batch(cfg.buffer.batch_size, device)
+                update = project_update(cfg, device)
+                update(batch)
+                ours = median_ms(lambda: update(batch), args.repeats, args.updates, device)
+                naive_update = NaiveUpdate(cfg, device)
+                naive_update(batch)
+                naive = median_ms(lambda: naive_update(batch), args.repeats, args.updates, device)
+                gflop = update_flops(cfg) / 1e9
+                achieved = gflop / (ours / 1000)
+                row = (f"{size:<6} {str(twin):<5} {ours:>10.1f} {gflop:>13.1f} {achieved:>8.0f} "
+                       f"{achieved / roofline:>9.2f} {naive:>9.1f} {naive / ours:>10.2f}")
+                if args.compile:
+                    compiled = torch.compile(project_update(cfg, device))
+                    start = time.perf_counter()
+                    compiled(batch)
+                    compile_seconds = time.perf_counter() - start
+                    compiled_ms = median_ms(lambda: compiled(batch), args.repeats, args.updates, device)
+                    row += f" {compiled_ms:>11.1f} {compile_seconds:>9.0f} {naive / compiled_ms:>14.2f}"
+                print(row)
+
+
+if __name__ == "__main__":
+    main()
