@@ -65,17 +65,20 @@ class DataKeys:
     observation: str
     goal: str
     achieved_goal: tuple  # the next state's, the source of hindsight goals
+    state: str | None = None  # proprioception beside an image observation
 
     @property
     def stored(self) -> tuple:
         """What the loss and the goal relabelling read; the rest of a collected batch is not stored
         (the goal itself is written at sampling time)."""
-        return (self.observation, "action", ("next", self.observation), self.achieved_goal, ("next", "done"))
+        keys = (self.observation, "action", ("next", self.observation), self.achieved_goal, ("next", "done"))
+        return keys if self.state is None else (*keys, self.state, ("next", self.state))
 
 
 def data_keys(cfg) -> DataKeys:
     if cfg.env.from_pixels:
-        return DataKeys(PIXELS_KEY, GOAL_PIXELS_KEY, ("next", PIXELS_KEY))
+        state = "observation" if cfg.env.pixels_with_state else None
+        return DataKeys(PIXELS_KEY, GOAL_PIXELS_KEY, ("next", PIXELS_KEY), state)
     return DataKeys("observation", GOAL_KEY, ("next", "achieved_goal"))
 
 # ====================================================================
@@ -365,6 +368,9 @@ def make_agent(cfg, env, device) -> tuple[ProbabilisticActor, ContrastiveCritic]
         else:
             actor_encoder = PixelEncoder(cfg.env.image_size, device=device)
         observation_dim = goal_dim = critic_encoder.out_features
+        if keys.state is not None:
+            state_dim = env.observation_spec[keys.state].shape[-1]
+            observation_dim += state_dim
     else:
         critic_encoder = actor_encoder = None
         observation_dim = env.observation_spec["observation"].shape[-1]
@@ -399,7 +405,7 @@ def make_agent(cfg, env, device) -> tuple[ProbabilisticActor, ContrastiveCritic]
     actor_module = TensorDictSequential(
         TensorDictModule(
             GoalConditionedNet(actor_net, actor_encoder),
-            in_keys=[keys.observation, keys.goal],
+            in_keys=[keys.observation, keys.goal] + ([keys.state] if keys.state else []),
             out_keys=["actor_params"],
         ),
         TensorDictModule(head, in_keys=["actor_params"], out_keys=["loc", "scale"]),
@@ -435,6 +441,7 @@ def make_agent(cfg, env, device) -> tuple[ProbabilisticActor, ContrastiveCritic]
 
 
 def make_loss_module(cfg, actor, critic) -> ContrastiveLoss:
+    keys = data_keys(cfg)
     target_entropy = cfg.loss.target_entropy
     if target_entropy == "auto":
         target_entropy = -float(actor.spec["action"].shape[-1])
@@ -454,8 +461,8 @@ def make_loss_module(cfg, actor, critic) -> ContrastiveLoss:
         auto_alpha=cfg.loss.auto_alpha,
         target_entropy=target_entropy,
         random_goal_fraction=cfg.loss.random_goal_fraction,
+        use_state=keys.state is not None,
     )
-    keys = data_keys(cfg)
     loss_module.set_keys(
         observation=keys.observation,
         goal=keys.goal,

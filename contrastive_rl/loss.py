@@ -120,6 +120,7 @@ class ContrastiveLoss(LossModule):
         auto_alpha: tune alpha so that the policy's entropy tracks ``target_entropy``.
         target_entropy: target for the auto-tuned alpha.
         random_goal_fraction: share of the actor's rows that get another row's goal.
+        use_state: read the proprioceptive ``state`` key beside the (image) observation.
     """
 
     @dataclass
@@ -134,6 +135,9 @@ class ContrastiveLoss(LossModule):
             next_observation: s', read by the td loss. Defaults to ``("next", "observation")``.
             next_achieved_goal: the goal reached at s', the td loss's positive. Defaults to
                 ``("next", "achieved_goal")``.
+            state: proprioceptive state read beside an image observation (``use_state``). Defaults to
+                ``"observation"``.
+            next_state: the same at s'. Defaults to ``("next", "observation")``.
         """
 
         observation: NestedKey = "observation"
@@ -141,6 +145,8 @@ class ContrastiveLoss(LossModule):
         goal: NestedKey = "desired_goal"
         next_observation: NestedKey = ("next", "observation")
         next_achieved_goal: NestedKey = ("next", "achieved_goal")
+        state: NestedKey = "observation"
+        next_state: NestedKey = ("next", "observation")
 
     tensor_keys: _AcceptedKeys
     default_keys = _AcceptedKeys
@@ -180,6 +186,7 @@ class ContrastiveLoss(LossModule):
         auto_alpha: bool = False,
         target_entropy: float = 0.0,
         random_goal_fraction: float = 0.0,
+        use_state: bool = False,
     ) -> None:
         if contrastive not in CONTRASTIVE_LOSSES:
             raise ValueError(f"unknown contrastive loss {contrastive!r}: use one of {', '.join(CONTRASTIVE_LOSSES)}")
@@ -198,6 +205,7 @@ class ContrastiveLoss(LossModule):
         self.logsumexp_coef = logsumexp_coef
         self.bc_coef = bc_coef
         self.random_goal_fraction = random_goal_fraction
+        self.use_state = use_state
         self.auto_alpha = auto_alpha
         device = next(critic_network.parameters()).device
         self.register_buffer("target_entropy", torch.tensor(float(target_entropy), device=device))
@@ -219,6 +227,8 @@ class ContrastiveLoss(LossModule):
         keys = [self.tensor_keys.observation, self.tensor_keys.action, self.tensor_keys.goal]
         if self.contrastive == "td":
             keys += [self.tensor_keys.next_observation, self.tensor_keys.next_achieved_goal]
+        if self.use_state:
+            keys += [self.tensor_keys.state] + ([self.tensor_keys.next_state] if self.contrastive == "td" else [])
         return keys
 
     @property
@@ -240,9 +250,10 @@ class ContrastiveLoss(LossModule):
         observation = tensordict.get(self.tensor_keys.observation)
         action = tensordict.get(self.tensor_keys.action)
         goal = tensordict.get(self.tensor_keys.goal)
+        state = tensordict.get(self.tensor_keys.state) if self.use_state else None
 
         with self.critic_network_params.to_module(self.critic_network):
-            state_action_repr, goal_repr = self.critic_network(observation, action, goal)
+            state_action_repr, goal_repr = self.critic_network(observation, action, goal, state)
         logits = pairwise_energy(state_action_repr, goal_repr, self.energy, self.temperature)
         if self.contrastive == "td":
             loss_critic = self._td_loss(tensordict, goal, state_action_repr, goal_repr)
@@ -255,7 +266,7 @@ class ContrastiveLoss(LossModule):
         if self.logsumexp_coef:
             loss_critic = loss_critic + self.logsumexp_coef * logsumexp_penalty(logits)
 
-        loss_actor, log_prob = self._actor_loss(observation, action, goal, goal_repr.detach())
+        loss_actor, log_prob = self._actor_loss(observation, state, action, goal, goal_repr.detach())
         if self.auto_alpha:
             loss_alpha = -self.log_alpha * (log_prob.detach() + self.target_entropy).mean()
         else:
@@ -280,6 +291,7 @@ class ContrastiveLoss(LossModule):
 
     def _td_loss(self, tensordict, goal, state_action_repr, goal_repr) -> torch.Tensor:
         next_observation = tensordict.get(self.tensor_keys.next_observation)
+        next_state = tensordict.get(self.tensor_keys.next_state) if self.use_state else None
         next_goal = tensordict.get(self.tensor_keys.next_achieved_goal)
         random_goal = goal.roll(-1, 0)
         with self.critic_network_params.to_module(self.critic_network):
@@ -287,12 +299,12 @@ class ContrastiveLoss(LossModule):
         positive_logits = paired_energy(state_action_repr, next_goal_repr, self.energy, self.temperature)
         random_logits = paired_energy(state_action_repr, goal_repr.roll(-1, 1), self.energy, self.temperature)
         with torch.no_grad():
-            actor_input = self._actor_input(next_observation, random_goal)
+            actor_input = self._actor_input(next_observation, random_goal, next_state)
             with self.actor_network_params.to_module(self.actor_network):
                 next_action = self.actor_network.get_dist(actor_input).sample()
             with self.target_critic_network_params.to_module(self.critic_network):
                 target_logits = paired_energy(
-                    self.critic_network.encode_state_action(next_observation, next_action),
+                    self.critic_network.encode_state_action(next_observation, next_action, next_state),
                     self.critic_network.encode_goal(random_goal),
                     self.energy,
                     self.temperature,
@@ -308,11 +320,14 @@ class ContrastiveLoss(LossModule):
         )
         return loss.mean(-1)
 
-    def _actor_input(self, observation: torch.Tensor, goal: torch.Tensor) -> TensorDict:
-        return TensorDict(
+    def _actor_input(self, observation: torch.Tensor, goal: torch.Tensor, state: torch.Tensor | None = None):
+        actor_input = TensorDict(
             {self.tensor_keys.observation: observation, self.tensor_keys.goal: goal},
             batch_size=observation.shape[:1],
         )
+        if state is not None:
+            actor_input.set(self.tensor_keys.state, state)
+        return actor_input
 
     def _actor_goals(self, goal: torch.Tensor, goal_repr: torch.Tensor):
         """Give the first ``random_goal_fraction`` of the rows the goal of the previous row."""
@@ -323,15 +338,15 @@ class ContrastiveLoss(LossModule):
         goal_repr = torch.cat([goal_repr.roll(1, 1)[:, :num_random], goal_repr[:, num_random:]], 1)
         return goal, goal_repr, num_random
 
-    def _actor_loss(self, observation, data_action, goal, goal_repr):
+    def _actor_loss(self, observation, state, data_action, goal, goal_repr):
         goal, goal_repr, num_random = self._actor_goals(goal, goal_repr)
         with self.actor_network_params.to_module(self.actor_network):
-            dist = self.actor_network.get_dist(self._actor_input(observation, goal))
+            dist = self.actor_network.get_dist(self._actor_input(observation, goal, state))
         action = dist.rsample()
         log_prob = dist.log_prob(action)
         # Detached critic parameters: the gradient reaches the action, never the critic.
         with self.critic_network_params.detach().to_module(self.critic_network):
-            state_action_repr = self.critic_network.encode_state_action(observation, action)
+            state_action_repr = self.critic_network.encode_state_action(observation, action, state)
         critic_value = paired_energy(
             state_action_repr, goal_repr, self.energy, self.temperature.detach()
         ).min(0).values

@@ -83,30 +83,35 @@ class ContrastiveCritic(nn.Module):
     def num_critics(self) -> int:
         return len(self.goal_encoders)
 
-    def encode_state_action(self, observation: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        features = self.encoder(observation)
-        return torch.stack([phi(features, action) for phi in self.state_action_encoders])
+    def encode_state_action(
+        self, observation: torch.Tensor, action: torch.Tensor, state: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """phi(s, a); ``state`` (proprioception beside an image) joins the encoder's features."""
+        inputs = (self.encoder(observation), action) if state is None else (self.encoder(observation), state, action)
+        return torch.stack([phi(*inputs) for phi in self.state_action_encoders])
 
     def encode_goal(self, goal: torch.Tensor) -> torch.Tensor:
         features = self.encoder(goal)
         return torch.stack([psi(features) for psi in self.goal_encoders])
 
     def forward(
-        self, observation: torch.Tensor, action: torch.Tensor, goal: torch.Tensor
+        self, observation: torch.Tensor, action: torch.Tensor, goal: torch.Tensor, state: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.encode_state_action(observation, action), self.encode_goal(goal)
+        return self.encode_state_action(observation, action, state), self.encode_goal(goal)
 
 
 class GoalConditionedNet(nn.Module):
-    """``mlp(encoder(observation), encoder(goal))``: the policy's torso, with its own image encoder."""
+    """``mlp(encoder(observation), encoder(goal)[, state])``: the policy's torso, with its image encoder."""
 
     def __init__(self, mlp: nn.Module, encoder: nn.Module | None = None) -> None:
         super().__init__()
         self.mlp = mlp
         self.encoder = encoder if encoder is not None else nn.Identity()
 
-    def forward(self, observation: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.encoder(observation), self.encoder(goal))
+    def forward(self, observation: torch.Tensor, goal: torch.Tensor, state: torch.Tensor | None = None) -> torch.Tensor:
+        if state is None:
+            return self.mlp(self.encoder(observation), self.encoder(goal))
+        return self.mlp(self.encoder(observation), self.encoder(goal), state)
 
 
 class FixedStdNormalHead(nn.Module):

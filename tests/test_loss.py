@@ -135,7 +135,7 @@ def test_actor_loss_uses_min_over_critics_and_other_rows_goals(make_cfg):
     assert torch.equal(reprs[:, :2], goal_repr.roll(1, 1)[:, :2])
     torch.manual_seed(0)
     loss_actor, log_prob = loss_module._actor_loss(
-        batch["observation"], batch["action"], batch["desired_goal"], goal_repr
+        batch["observation"], None, batch["action"], batch["desired_goal"], goal_repr
     )
     torch.manual_seed(0)
     actor_input = batch.select("observation").set("desired_goal", goals)

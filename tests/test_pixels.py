@@ -133,3 +133,41 @@ def test_actor_encoder_is_its_own_or_the_critics_detached(make_cfg, shared):
         with torch.no_grad():
             next(critic.encoder.parameters()).add_(1.0)
         assert not torch.allclose(actor(batch.clone())["loc"], before)
+
+
+@pytest.mark.parametrize("contrastive", ["infonce", "td"])
+def test_proprioceptive_state_joins_the_image_features(make_cfg, contrastive):
+    from torchrl.data import Bounded, Composite, Unbounded
+
+    from utils import make_agent, make_loss_module
+
+    class Specs:
+        observation_spec = Composite(observation=Unbounded(4))
+        full_action_spec_unbatched = Composite(action=Bounded(-1.0, 1.0, shape=(2,)))
+
+    cfg = make_cfg("env.env_name=PointMaze_UMaze-v3", "env.from_pixels=true", "env.image_size=40",
+                   "env.pixels_with_state=true", "model.hidden_dim=16", "model.num_layers=1",
+                   "model.embed_dim=4", "model.cold_init=false", f"loss.contrastive={contrastive}")
+    actor, critic = make_agent(cfg, Specs(), "cpu")
+    assert "observation" in actor.in_keys
+    phi_first = critic.state_action_encoders[0][0]
+    assert phi_first.in_features == critic.encoder.out_features + 4 + 2
+    loss_module = make_loss_module(cfg, actor, critic)
+    images = torch.randint(0, 256, (8, 40, 40, 3), dtype=torch.uint8)
+    batch = TensorDict(
+        pixels=images, goal_pixels=images.flip(0), observation=torch.randn(8, 4),
+        action=torch.rand(8, 2) * 2 - 1,
+        next=TensorDict(pixels=images.roll(1, 0), observation=torch.randn(8, 4), batch_size=[8]),
+        batch_size=[8],
+    )
+    loss_td = loss_module(batch)
+    loss_td["loss_critic"].backward()
+    state_columns = phi_first.weight.grad[:, critic.encoder.out_features:critic.encoder.out_features + 4]
+    assert torch.isfinite(loss_td["loss_critic"]) and state_columns.abs().sum() > 0
+    # The state changes phi's output.
+    changed = batch.clone()
+    changed["observation"] += 1.0
+    with loss_module.critic_network_params.to_module(critic):
+        first = critic.encode_state_action(batch["pixels"], batch["action"], batch["observation"])
+        second = critic.encode_state_action(changed["pixels"], changed["action"], changed["observation"])
+    assert not torch.allclose(first, second)

@@ -21,7 +21,8 @@ def read_scalar(run_dir, name):
         ["env.env_name=PointMaze_UMaze-v3", "env.max_steps=100", "collector.num_envs=2"],
         ["loss.contrastive=td", "model.policy=fixed_std_normal", "loss.bc_coef=0.05", "loss.energy=l2"],
         pytest.param(
-            ["env.env_name=PointMaze_UMaze-v3", "env.max_steps=50", "env.from_pixels=true", "env.image_size=48"],
+            ["env.env_name=PointMaze_UMaze-v3", "env.max_steps=50", "env.from_pixels=true", "env.image_size=48",
+             "env.pixels_with_state=true", "model.actor_shares_encoder=true"],
             marks=needs_rendering,
         ),
     ],
