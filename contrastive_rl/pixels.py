@@ -24,9 +24,10 @@ class GoalImageWrapper(gym.Wrapper):
     """Add the rendered frame (``pixels``) and an image of the desired goal (``goal_pixels``) to a
     PointMaze observation.
 
-    The goal image is rendered once per episode with the ball placed at the desired goal; the red
-    target marker is hidden from every image, so the goal is known from ``goal_pixels`` alone.
-    No library renders goal images, hence this wrapper.
+    The camera looks straight down on the whole maze (the default view is oblique and far, leaving the
+    ball a pixel or two wide). The goal image is rendered once per episode with the ball placed at the
+    desired goal; the red target marker is hidden from every image, so the goal is known from
+    ``goal_pixels`` alone. No library renders goal images, hence this wrapper.
     """
 
     def __init__(self, env: gym.Env, image_size: int) -> None:
@@ -38,6 +39,13 @@ class GoalImageWrapper(gym.Wrapper):
         maze = env.unwrapped
         self._point = maze.point_env
         self._point.model.site_rgba[maze.target_site_id, 3] = 0.0
+        extent = max(maze.maze.map_length, maze.maze.map_width) * maze.maze.maze_size_scaling
+        self._point.mujoco_renderer.default_cam_config = {
+            "distance": float(extent),
+            "elevation": -90.0,
+            "azimuth": 90.0,
+            "lookat": np.zeros(3),
+        }
         self._goal_pixels = None
 
     def reset(self, **kwargs):
