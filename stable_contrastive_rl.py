@@ -25,6 +25,7 @@ from utils import (
     get_device,
     load_offline_data,
     log_metrics,
+    report_time_shares,
     make_agent,
     make_augmentation,
     make_collector,
@@ -127,8 +128,9 @@ def main(cfg: "DictConfig"):  # noqa: F821
                 metrics.update(evaluate_policy(pbar))
             metrics.update(progress_metrics())
             if logger is not None:
-                metrics.update(timeit.todict(prefix="time"))
-                log_metrics(logger, metrics, num_updates)
+                with timeit("logging"):
+                    metrics.update(timeit.todict(prefix="time"))
+                    log_metrics(logger, metrics, num_updates)
         pbar.close()
 
     # Online: collect, store, update; the logging step counts env steps (after the offline steps).
@@ -169,8 +171,9 @@ def main(cfg: "DictConfig"):  # noqa: F821
             metrics["train/frames_per_second"] = collected_frames / metrics["train/elapsed_seconds"]
             metrics["train/collected_frames"] = collected_frames
             if logger is not None:
-                metrics.update(timeit.todict(prefix="time"))
-                log_metrics(logger, metrics, offline_steps + collected_frames)
+                with timeit("logging"):
+                    metrics.update(timeit.todict(prefix="time"))
+                    log_metrics(logger, metrics, offline_steps + collected_frames)
 
         pbar.close()
         collector.shutdown()
@@ -178,6 +181,7 @@ def main(cfg: "DictConfig"):  # noqa: F821
             train_env.close()
     if not eval_env.is_closed:
         eval_env.close()
+    report_time_shares(logger, time.perf_counter() - start_time, num_updates)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,99 @@
+"""Where a training run's wall-clock goes, and the cost of goal sampling and of TorchRL's env stepping.
+
+    python benchmarks/pipeline_shares.py [--frames 10000]
+
+1. A real run of the training script (``config_quick`` on FetchReach, ``--frames`` env steps): the
+   share of wall-clock in collection, replay-buffer writes, goal sampling, updates, evaluation and
+   logging, from TorchRL's ``timeit`` (the run logs them as ``time_share/*``).
+2. Goal sampling of a 2048 batch from a 100k-transition buffer (future-goal relabelling included)
+   against one update at the paper size, same machine, same run.
+3. Env stepping through the project's TorchRL env against raw gymnasium, FetchReach, random actions.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from tensordict import TensorDict
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.collection_speed import raw_steps_per_second, torchrl_steps_per_second  # noqa: E402
+from benchmarks.update_throughput import load_cfg, median_ms, project_update, random_batch  # noqa: E402
+from contrastive_rl.envs import register_goal_envs  # noqa: E402
+from contrastive_rl.replay import FutureGoalReplayBuffer  # noqa: E402
+
+
+def run_shares(frames: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as run_dir:
+        command = [
+            sys.executable, str(ROOT / "stable_contrastive_rl.py"), "--config-name", "config_quick",
+            f"collector.total_frames={frames}", "logger.backend=csv", f"hydra.run.dir={run_dir}",
+        ]
+        subprocess.run(command, check=True, capture_output=True, text=True)
+        shares = {}
+        for path in Path(run_dir).glob("logs/*/scalars/time_share/*.csv"):
+            with open(path) as f:
+                shares[path.stem] = float(list(csv.reader(f))[-1][1])
+        return shares
+
+
+def sampling_against_update(repeats: int) -> tuple[float, float]:
+    buffer = FutureGoalReplayBuffer(capacity=100_000, num_envs=1, batch_size=2048, gamma=0.99)
+    steps = 100_000
+    done = torch.zeros(1, steps, 1, dtype=torch.bool)
+    done[:, 49::50] = True
+    buffer.extend(TensorDict(
+        {
+            "observation": torch.randn(1, steps, 10),
+            "action": torch.randn(1, steps, 4),
+            "next": {"observation": torch.randn(1, steps, 10), "achieved_goal": torch.randn(1, steps, 3), "done": done},
+        },
+        batch_size=[1, steps],
+    ))
+    buffer.sample()
+    sample_ms = median_ms(buffer.sample, repeats, 20, torch.device("cpu"))
+    cfg = load_cfg([])
+    batch = random_batch(2048, torch.device("cpu"))
+    update = project_update(cfg, torch.device("cpu"))
+    update(batch)
+    update_ms = median_ms(lambda: update(batch), repeats, 2, torch.device("cpu"))
+    return sample_ms, update_ms
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=10_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    shares = run_shares(args.frames)
+    print(f"1. shares of a config_quick FetchReach run of {args.frames} env steps ({os.cpu_count()} cores)")
+    for name, share in sorted(shares.items(), key=lambda item: -item[1]):
+        print(f"   {name:<12} {share:6.1%}")
+
+    sample_ms, update_ms = sampling_against_update(args.repeats)
+    print(f"2. goal sampling, batch 2048 from 100k transitions: {sample_ms:.2f} ms; paper-size update "
+          f"{update_ms:.0f} ms; sampling / update = {sample_ms / update_ms:.2%}")
+
+    register_goal_envs()
+    import gymnasium as gym
+
+    raw = statistics.median(
+        raw_steps_per_second(lambda: gym.make("FetchReach-v4", max_episode_steps=50), 2000) for _ in range(args.repeats)
+    )
+    wrapped = statistics.median(torchrl_steps_per_second("FetchReach-v4", 50, 2000) for _ in range(args.repeats))
+    print(f"3. FetchReach steps/s: raw gymnasium {raw:.0f}, TorchRL env {wrapped:.0f}; overhead {raw / wrapped:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
