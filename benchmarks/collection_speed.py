@@ -40,7 +40,7 @@ def raw_steps_per_second(make, steps: int) -> float:
 
 
 def torchrl_steps_per_second(env_name: str, max_steps: int, steps: int, **kwargs) -> float:
-    env = apply_env_transforms(env_maker(env_name, max_steps, **kwargs), max_steps)
+    env = apply_env_transforms(env_maker(env_name, max_steps, **kwargs))
     env.set_seed(0)
     env.rollout(10)
     start = time.perf_counter()

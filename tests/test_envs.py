@@ -17,7 +17,7 @@ from utils import apply_env_transforms, env_maker, episode_metrics
     ],
 )
 def test_goal_env_reads_success_flag(env_name, obs_dim, goal_dim):
-    env = apply_env_transforms(env_maker(env_name, max_steps=5), max_steps=5)
+    env = apply_env_transforms(env_maker(env_name, max_steps=5))
     env.set_seed(0)
     rollout = env.rollout(5)
     assert rollout["observation"].shape == (5, obs_dim)
@@ -30,7 +30,7 @@ def test_goal_env_reads_success_flag(env_name, obs_dim, goal_dim):
 
 
 def test_success_is_true_when_the_goal_is_reached():
-    env = apply_env_transforms(env_maker("PointMaze_UMaze-v3", max_steps=3), max_steps=3)
+    env = apply_env_transforms(env_maker("PointMaze_UMaze-v3", max_steps=3))
     env.set_seed(0)
     td = env.reset()
     maze = env.base_env._env.unwrapped

@@ -30,7 +30,7 @@ def test_goal_image_is_the_scene_with_the_ball_at_the_goal():
 
 @needs_rendering
 def test_pixel_env_through_torchrl_keeps_uint8_images_and_a_fixed_goal_image():
-    env = apply_env_transforms(env_maker("PointMaze_UMaze-v3", 6, from_pixels=True, image_size=48), 6)
+    env = apply_env_transforms(env_maker("PointMaze_UMaze-v3", 6, from_pixels=True, image_size=48))
     env.set_seed(0)
     rollout = env.rollout(6)
     assert rollout["pixels"].shape == (6, 48, 48, 3) and rollout["pixels"].dtype == torch.uint8
