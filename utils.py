@@ -83,6 +83,7 @@ def data_keys(cfg) -> DataKeys:
         return DataKeys(PIXELS_KEY, GOAL_PIXELS_KEY, ("next", PIXELS_KEY), state)
     return DataKeys("observation", GOAL_KEY, ("next", "achieved_goal"))
 
+
 # ====================================================================
 # Config checks
 # -------------
