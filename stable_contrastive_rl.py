@@ -18,11 +18,13 @@ from tensordict.nn import CudaGraphModule
 from torchrl._utils import compile_with_warmup, timeit
 from torchrl.record.loggers import generate_exp_name
 
-from contrastive_rl.envs import ConfigError
+from contrastive_rl.envs import ConfigError, NonFiniteError
 from utils import (
     data_keys,
+    check_finite,
     evaluate,
     get_device,
+    gradient_norm,
     load_offline_data,
     log_metrics,
     report_time_shares,
@@ -68,34 +70,55 @@ def main(cfg: "DictConfig"):  # noqa: F821
     augment = make_augmentation(cfg)
     stored_keys = data_keys(cfg).stored
 
-    def update(batch: TensorDict) -> TensorDict:
+    def compute_gradients(batch: TensorDict) -> TensorDict:
         loss_td = loss_module(batch)
         sum(loss_td[key] for key in LOSS_KEYS).backward()
+        loss_td["grad_norm"] = gradient_norm(optimizer)
+        return loss_td.detach()
+
+    if cfg.compile.compile:
+        compute_gradients = compile_with_warmup(compute_gradients, mode=cfg.compile.compile_mode or None, warmup=1)
+    if cfg.compile.cudagraphs:
+        compute_gradients = CudaGraphModule(compute_gradients, in_keys=[], out_keys=[], warmup=5)
+
+    def update(batch: TensorDict, where: str) -> TensorDict | None:
+        """One gradient step; None when a non-finite loss or gradient skips the batch."""
+        torch.compiler.cudagraph_mark_step_begin()
+        loss_td = compute_gradients(batch).clone()
+        try:
+            finite = check_finite(loss_td, (*LOSS_KEYS, "grad_norm"), where, cfg.optim.on_nonfinite)
+        except NonFiniteError as error:
+            raise SystemExit(f"error: {error}; run stopped before applying it") from None
+        if not finite:
+            optimizer.zero_grad(set_to_none=True)
+            return None
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if target_updater is not None:
             target_updater.step()
-        return loss_td.detach()
+        return loss_td
 
-    if cfg.compile.compile:
-        update = compile_with_warmup(update, mode=cfg.compile.compile_mode or None, warmup=1)
-    if cfg.compile.cudagraphs:
-        update = CudaGraphModule(update, in_keys=[], out_keys=[], warmup=5)
+    skipped_updates = 0
 
-    def train(num_updates: int) -> dict[str, float]:
+    def train(num_updates: int, where: str) -> dict[str, float]:
+        nonlocal skipped_updates
         losses = []
-        for _ in range(num_updates):
+        for index in range(num_updates):
             with timeit("rb - sample"):
                 sample = replay_buffer.sample()
                 if augment is not None:
                     sample = augment(sample)
             with timeit("update"):
-                torch.compiler.cudagraph_mark_step_begin()
-                losses.append(update(sample).select(*LOSS_KEYS, *METRIC_KEYS).clone())
-        if not losses:
-            return {}
-        losses = torch.stack(losses).mean()
-        return {f"train/{key}": losses[key].item() for key in losses.keys()}
+                loss_td = update(sample, f"update {index + 1} of {num_updates} {where}")
+            if loss_td is None:
+                skipped_updates += 1
+            else:
+                losses.append(loss_td.select(*LOSS_KEYS, *METRIC_KEYS))
+        metrics = {"train/skipped_updates": skipped_updates}
+        if losses:
+            losses = torch.stack(losses).mean()
+            metrics.update({f"train/{key}": losses[key].item() for key in losses.keys()})
+        return metrics
 
     def evaluate_policy(pbar) -> dict[str, float]:
         with timeit("eval"):
@@ -117,21 +140,20 @@ def main(cfg: "DictConfig"):  # noqa: F821
     # Offline: gradient steps on the dataset; the logging step counts gradient steps.
     offline_steps = cfg.offline.gradient_steps if offline_data is not None else 0
     if offline_steps:
-        pbar = tqdm.tqdm(total=offline_steps, unit="updates")
-        log_every = min(cfg.offline.eval_interval, 1000)
-        while num_updates < offline_steps:
-            batch_updates = min(log_every, offline_steps - num_updates)
-            metrics = train(batch_updates)
-            num_updates += batch_updates
-            pbar.update(batch_updates)
-            if num_updates % cfg.offline.eval_interval == 0 or num_updates == offline_steps:
-                metrics.update(evaluate_policy(pbar))
-            metrics.update(progress_metrics())
-            if logger is not None:
-                with timeit("logging"):
-                    metrics.update(timeit.todict(prefix="time"))
-                    log_metrics(logger, metrics, num_updates)
-        pbar.close()
+        with tqdm.tqdm(total=offline_steps, unit="updates") as pbar:
+            log_every = min(cfg.offline.eval_interval, 1000)
+            while num_updates < offline_steps:
+                batch_updates = min(log_every, offline_steps - num_updates)
+                metrics = train(batch_updates, f"after {num_updates} offline gradient steps")
+                num_updates += batch_updates
+                pbar.update(batch_updates)
+                if num_updates % cfg.offline.eval_interval == 0 or num_updates == offline_steps:
+                    metrics.update(evaluate_policy(pbar))
+                metrics.update(progress_metrics())
+                if logger is not None:
+                    with timeit("logging"):
+                        metrics.update(timeit.todict(prefix="time"))
+                        log_metrics(logger, metrics, num_updates)
 
     # Online: collect, store, update; the logging step counts env steps (after the offline steps).
     if trains_online(cfg):
@@ -141,41 +163,39 @@ def main(cfg: "DictConfig"):  # noqa: F821
         collected_frames = 0
         update_credit = 0.0
         next_eval = cfg.logger.eval_interval
-        pbar = tqdm.tqdm(total=cfg.collector.total_frames, unit="frames")
+        with tqdm.tqdm(total=cfg.collector.total_frames, unit="frames") as pbar:
+            collector_iter = iter(collector)
+            for _ in range(len(collector)):
+                with timeit("collect"):
+                    batch = next(collector_iter)
+                frames = batch.numel()
+                collected_frames += frames
+                pbar.update(frames)
 
-        collector_iter = iter(collector)
-        for _ in range(len(collector)):
-            with timeit("collect"):
-                batch = next(collector_iter)
-            frames = batch.numel()
-            collected_frames += frames
-            pbar.update(frames)
+                with timeit("rb - extend"):
+                    replay_buffer.extend(batch.reshape(num_envs, -1).select(*stored_keys))
 
-            with timeit("rb - extend"):
-                replay_buffer.extend(batch.reshape(num_envs, -1).select(*stored_keys))
+                metrics = train_episode_metrics(batch)
+                if collected_frames >= cfg.collector.init_random_frames:
+                    update_credit += frames * cfg.optim.utd_ratio
+                    batch_updates = int(update_credit)
+                    update_credit -= batch_updates
+                    metrics.update(train(batch_updates, f"at env step {collected_frames}"))
+                    num_updates += batch_updates
+                    collector.update_policy_weights_()
 
-            metrics = train_episode_metrics(batch)
-            if collected_frames >= cfg.collector.init_random_frames:
-                update_credit += frames * cfg.optim.utd_ratio
-                batch_updates = int(update_credit)
-                update_credit -= batch_updates
-                metrics.update(train(batch_updates))
-                num_updates += batch_updates
-                collector.update_policy_weights_()
+                if collected_frames >= next_eval or collected_frames >= cfg.collector.total_frames:
+                    next_eval += cfg.logger.eval_interval
+                    metrics.update(evaluate_policy(pbar))
 
-            if collected_frames >= next_eval or collected_frames >= cfg.collector.total_frames:
-                next_eval += cfg.logger.eval_interval
-                metrics.update(evaluate_policy(pbar))
+                metrics.update(progress_metrics())
+                metrics["train/frames_per_second"] = collected_frames / metrics["train/elapsed_seconds"]
+                metrics["train/collected_frames"] = collected_frames
+                if logger is not None:
+                    with timeit("logging"):
+                        metrics.update(timeit.todict(prefix="time"))
+                        log_metrics(logger, metrics, offline_steps + collected_frames)
 
-            metrics.update(progress_metrics())
-            metrics["train/frames_per_second"] = collected_frames / metrics["train/elapsed_seconds"]
-            metrics["train/collected_frames"] = collected_frames
-            if logger is not None:
-                with timeit("logging"):
-                    metrics.update(timeit.todict(prefix="time"))
-                    log_metrics(logger, metrics, offline_steps + collected_frames)
-
-        pbar.close()
         collector.shutdown()
         if not train_env.is_closed:
             train_env.close()

@@ -34,6 +34,7 @@ from torchrl.record.loggers import get_logger
 
 from contrastive_rl.envs import (
     ConfigError,
+    NonFiniteError,
     SuccessInfoReader,
     check_goal_observation_space,
     register_goal_envs,
@@ -137,6 +138,8 @@ def validate_config(cfg) -> str:
         value = OmegaConf.select(cfg, key)
         if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
             raise ConfigError(f"{key}={value!r} is not allowed: it must lie in [0, 1]")
+    if cfg.optim.on_nonfinite not in ("stop", "skip"):
+        raise ConfigError(f"optim.on_nonfinite={cfg.optim.on_nonfinite!r} is not allowed: use stop or skip")
     if not 0.0 < cfg.loss.gamma < 1.0:
         raise ConfigError(f"loss.gamma={cfg.loss.gamma!r} is not allowed: it must lie in (0, 1)")
     if not 0.0 <= cfg.loss.random_goal_fraction <= 1.0:
@@ -318,6 +321,8 @@ def make_collector(cfg, train_env, actor, device) -> Collector:
         policy_device=device,
         env_device="cpu",
         storing_device=device,
+        # The policy is not recurrent: it needs no InitTracker, which torchrl would otherwise add.
+        auto_register_policy_transforms=False,
     )
     collector.set_seed(cfg.env.seed)
     return collector
@@ -487,6 +492,25 @@ def make_optimizer(cfg, loss_module: ContrastiveLoss) -> torch.optim.Optimizer:
     if cfg.loss.auto_alpha:
         param_groups.append({"params": [loss_module.log_alpha]})
     return torch.optim.Adam(param_groups, lr=cfg.optim.lr, fused=True)
+
+
+def gradient_norm(optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    """Euclidean norm of all the gradients the optimizer would apply."""
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    return torch.nn.utils.get_total_norm(grads)
+
+
+def check_finite(loss_td: TensorDict, keys, where: str, on_nonfinite: str) -> bool:
+    """True if every entry of ``keys`` is finite. Otherwise raise NonFiniteError (``stop``), before the
+    step is applied, or log and return False (``skip``: the caller drops the batch)."""
+    values = torch.stack([loss_td[key].float() for key in keys])
+    if bool(torch.isfinite(values).all()):
+        return True
+    message = f"non-finite {where}: " + ", ".join(f"{key}={loss_td[key].item():.4g}" for key in keys)
+    if on_nonfinite == "skip":
+        log.warning("%s; batch skipped", message)
+        return False
+    raise NonFiniteError(message)
 
 
 def make_target_updater(cfg, loss_module: ContrastiveLoss) -> SoftUpdate | None:

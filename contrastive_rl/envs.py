@@ -20,6 +20,10 @@ class ConfigError(ValueError):
     """A configuration value that cannot work; the message names the key, the value and what is allowed."""
 
 
+class NonFiniteError(RuntimeError):
+    """A loss or gradient became NaN or infinite; the message names the update and the values."""
+
+
 def register_goal_envs() -> None:
     """Register gymnasium-robotics' envs (Fetch, PointMaze, AntMaze, ...) with gymnasium."""
     import gymnasium_robotics

@@ -90,3 +90,25 @@ def test_same_seed_gives_the_same_losses(tmp_path, num_envs):
     assert first == second
     losses = [value for _, value in first["train/loss_critic"]]
     assert len(set(losses)) == len(losses)  # the losses move, so equal runs are not a constant
+
+
+def test_nonfinite_loss_stops_with_one_line_or_is_skipped(tmp_path):
+    # A learning rate of 1e30 blows the weights up after the first step: every later loss is NaN.
+    blow_up = [*TINY_OVERRIDES, "optim.lr=1e30", "model.cold_init=false", "optim.utd_ratio=0.1"]
+    stop = subprocess.run(
+        [sys.executable, str(ROOT / "stable_contrastive_rl.py"), *blow_up, f"hydra.run.dir={tmp_path / 'stop'}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert stop.returncode != 0 and "Traceback" not in stop.stderr
+    assert [line for line in stop.stderr.splitlines() if line.startswith("error:")] == [
+        "error: non-finite update 2 of 10 at env step 100: loss_critic=nan, loss_actor=nan, loss_alpha=0, "
+        "grad_norm=nan; run stopped before applying it"
+    ]
+    skip = subprocess.run(
+        [sys.executable, str(ROOT / "stable_contrastive_rl.py"), *blow_up, "optim.on_nonfinite=skip",
+         f"hydra.run.dir={tmp_path / 'skip'}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert skip.returncode == 0, skip.stderr[-3000:]
+    skipped = read_scalar(tmp_path / "skip", "train/skipped_updates")
+    assert skipped[-1] == (400, 39.0)  # 40 updates in all, the first one finite
