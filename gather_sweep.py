@@ -56,7 +56,9 @@ def main() -> None:
         for step, mean, spread in zip(steps, means, spreads):
             print(f"  {step:>9} {mean:.2f} +- {spread:.2f}")
         axis.plot(steps, means, marker="o", label=f"{label} ({len(curves)} seeds)")
-        axis.fill_between(steps, [m - s for m, s in zip(means, spreads)], [m + s for m, s in zip(means, spreads)], alpha=0.2)
+        low = [mean - spread for mean, spread in zip(means, spreads)]
+        high = [mean + spread for mean, spread in zip(means, spreads)]
+        axis.fill_between(steps, low, high, alpha=0.2)
     axis.set_xlabel("step")
     axis.set_ylabel(args.metric)
     axis.grid(alpha=0.3)

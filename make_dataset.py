@@ -104,8 +104,12 @@ def main() -> None:
     parser.add_argument("--policy", choices=POLICIES, default="scripted")
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--max-steps", type=int, default=100)
-    parser.add_argument("--noise", type=float, default=0.0, help="std of the Gaussian action noise (share of half the range)")
-    parser.add_argument("--random-prob", type=float, default=0.0, help="per-step probability of a uniform random action")
+    parser.add_argument(
+        "--noise", type=float, default=0.0, help="std of the Gaussian action noise (share of half the range)"
+    )
+    parser.add_argument(
+        "--random-prob", type=float, default=0.0, help="per-step probability of a uniform random action"
+    )
     parser.add_argument("--dataset-id", required=True, help="Minari id, namespace/name-vN")
     parser.add_argument("--root", type=Path, default=Path("datasets"), help="directory of Minari datasets")
     parser.add_argument("--from-pixels", action="store_true", help="also store rendered images (PointMaze)")

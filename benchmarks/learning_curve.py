@@ -84,7 +84,8 @@ def report(runs: dict[int, dict], *, title: str, x_label: str, output: Path, bas
         print(f"{step:>14} | " + " | ".join(f"{c:>28}" for c in cells) + f" | {mean_final:10.2f} | {mean_any:8.2f}")
     for s in seeds:
         print(f"seed {s}: {runs[s]['updates_per_second']:.1f} updates/s, "
-              f"{runs[s]['elapsed'][steps[-1]]:.0f} s in all, best final success {max(runs[s]['success'].values()):.2f}")
+              f"{runs[s]['elapsed'][steps[-1]]:.0f} s in all, "
+              f"best final success {max(runs[s]['success'].values()):.2f}")
     if baseline:
         print(f"data policy: success {baseline['success_final']:.2f} final, {baseline['success_any']:.2f} any")
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 
-from contrastive_rl.loss import ContrastiveLoss, infonce_loss, logsumexp_penalty
+from contrastive_rl.loss import infonce_loss, logsumexp_penalty
 from contrastive_rl.models import ContrastiveCritic
 from utils import make_agent, make_loss_module, make_optimizer
 

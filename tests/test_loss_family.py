@@ -105,7 +105,8 @@ def test_td_loss_equals_hand_computation(make_cfg):
 
     torch.manual_seed(0)
     with loss_module.actor_network_params.to_module(actor):
-        next_action = actor.get_dist(batch.select().set("observation", next_obs).set("desired_goal", random_goal)).sample()
+        actor_input = batch.select().set("observation", next_obs).set("desired_goal", random_goal)
+        next_action = actor.get_dist(actor_input).sample()
     with loss_module.target_critic_network_params.to_module(critic):
         target = (critic.encode_state_action(next_obs, next_action) * critic.encode_goal(random_goal)).sum(-1)
     p = torch.sigmoid(target).min(0).values

@@ -2,7 +2,6 @@
 import subprocess
 import sys
 
-import pytest
 
 from conftest import ROOT, TINY_OVERRIDES
 from gather_sweep import read_runs
