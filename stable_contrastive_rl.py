@@ -8,6 +8,7 @@ in utils.py.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import hydra
 import numpy as np
@@ -20,14 +21,17 @@ from torchrl.record.loggers import generate_exp_name
 
 from contrastive_rl.envs import ConfigError, NonFiniteError
 from utils import (
-    data_keys,
+    CHECKPOINT_FILE,
     check_finite,
+    data_keys,
     evaluate,
+    find_checkpoint,
+    flat_config,
     get_device,
     gradient_norm,
+    load_checkpoint,
     load_offline_data,
     log_metrics,
-    report_time_shares,
     make_agent,
     make_augmentation,
     make_collector,
@@ -38,6 +42,11 @@ from utils import (
     make_replay_buffer,
     make_target_updater,
     make_train_environment,
+    report_time_shares,
+    restart_episodes,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
     train_episode_metrics,
     trains_online,
     validate_config,
@@ -52,13 +61,15 @@ def main(cfg: "DictConfig"):  # noqa: F821
     try:
         env_name = validate_config(cfg)
         offline_data = load_offline_data(cfg, env_name) if cfg.offline.dataset else None
+        resume_from = find_checkpoint(cfg)
+        resumed = load_checkpoint(cfg, resume_from) if resume_from else None
     except ConfigError as error:
         raise SystemExit(f"error: {error}") from None
     device = get_device(cfg)
     torch.manual_seed(cfg.env.seed)
     np.random.seed(cfg.env.seed)
 
-    exp_name = generate_exp_name("StableContrastiveRL", cfg.logger.exp_name)
+    exp_name = resumed["exp_name"] if resumed else generate_exp_name("StableContrastiveRL", cfg.logger.exp_name)
     logger = make_logger(cfg, exp_name)
 
     eval_env = make_eval_environment(cfg, env_name)
@@ -69,6 +80,10 @@ def main(cfg: "DictConfig"):  # noqa: F821
     replay_buffer = make_replay_buffer(cfg, device, offline_data)
     augment = make_augmentation(cfg)
     stored_keys = data_keys(cfg).stored
+    if resumed:
+        loss_module.load_state_dict(resumed["loss_module"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        replay_buffer.load_state_dict(resumed["replay_buffer"])
 
     def compute_gradients(batch: TensorDict) -> TensorDict:
         loss_td = loss_module(batch)
@@ -98,7 +113,7 @@ def main(cfg: "DictConfig"):  # noqa: F821
             target_updater.step()
         return loss_td
 
-    skipped_updates = 0
+    skipped_updates = resumed["skipped_updates"] if resumed else 0
 
     def train(num_updates: int, where: str) -> dict[str, float]:
         nonlocal skipped_updates
@@ -120,13 +135,13 @@ def main(cfg: "DictConfig"):  # noqa: F821
             metrics.update({f"train/{key}": losses[key].item() for key in losses.keys()})
         return metrics
 
-    def evaluate_policy(pbar) -> dict[str, float]:
+    def evaluate_policy(pbar, step: int) -> dict[str, float]:
         with timeit("eval"):
-            eval_metrics = evaluate(eval_env, actor, cfg.env.max_steps)
+            eval_metrics = evaluate(eval_env, actor, cfg.env.max_steps, seed=cfg.env.seed + 10_000 + step)
         pbar.set_postfix(success=f"{eval_metrics['success_final']:.2f}")
         return {f"eval/{key}": value for key, value in eval_metrics.items()}
 
-    num_updates = 0
+    num_updates = resumed["num_updates"] if resumed else 0
     start_time = time.perf_counter()
 
     def progress_metrics() -> dict[str, float]:
@@ -148,7 +163,7 @@ def main(cfg: "DictConfig"):  # noqa: F821
                 num_updates += batch_updates
                 pbar.update(batch_updates)
                 if num_updates % cfg.offline.eval_interval == 0 or num_updates == offline_steps:
-                    metrics.update(evaluate_policy(pbar))
+                    metrics.update(evaluate_policy(pbar, num_updates))
                 metrics.update(progress_metrics())
                 if logger is not None:
                     with timeit("logging"):
@@ -157,13 +172,41 @@ def main(cfg: "DictConfig"):  # noqa: F821
 
     # Online: collect, store, update; the logging step counts env steps (after the offline steps).
     if trains_online(cfg):
+        checkpoint_path = Path.cwd() / CHECKPOINT_FILE
+        counters = resumed["counters"] if resumed else {
+            "collected_frames": 0, "update_credit": 0.0, "next_eval": cfg.logger.eval_interval,
+            "next_checkpoint": cfg.checkpoint.interval,
+        }
+        collected_frames = counters["collected_frames"]
+        update_credit = counters["update_credit"]
+        next_eval = counters["next_eval"]
+        next_checkpoint = counters["next_checkpoint"]
         train_env = make_train_environment(cfg, env_name)
-        collector = make_collector(cfg, train_env, actor, device)
+        collector = make_collector(cfg, train_env, actor, device, collected_frames)
+        if resumed:
+            set_rng_state(resumed["rng"])
+        restart_episodes(cfg, collector, collected_frames)
         num_envs = cfg.collector.num_envs
-        collected_frames = 0
-        update_credit = 0.0
-        next_eval = cfg.logger.eval_interval
-        with tqdm.tqdm(total=cfg.collector.total_frames, unit="frames") as pbar:
+        checkpointed_frames = collected_frames
+
+        def checkpoint() -> None:
+            with timeit("checkpoint"):
+                save_checkpoint(checkpoint_path, {
+                    "config": flat_config(cfg),
+                    "exp_name": exp_name,
+                    "loss_module": loss_module.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "replay_buffer": replay_buffer.state_dict(),
+                    "rng": rng_state(),
+                    "num_updates": num_updates,
+                    "skipped_updates": skipped_updates,
+                    "counters": {
+                        "collected_frames": collected_frames, "update_credit": update_credit,
+                        "next_eval": next_eval, "next_checkpoint": next_checkpoint,
+                    },
+                })
+
+        with tqdm.tqdm(total=cfg.collector.total_frames, initial=collected_frames, unit="frames") as pbar:
             collector_iter = iter(collector)
             for _ in range(len(collector)):
                 with timeit("collect"):
@@ -186,7 +229,7 @@ def main(cfg: "DictConfig"):  # noqa: F821
 
                 if collected_frames >= next_eval or collected_frames >= cfg.collector.total_frames:
                     next_eval += cfg.logger.eval_interval
-                    metrics.update(evaluate_policy(pbar))
+                    metrics.update(evaluate_policy(pbar, collected_frames))
 
                 metrics.update(progress_metrics())
                 metrics["train/frames_per_second"] = collected_frames / metrics["train/elapsed_seconds"]
@@ -195,6 +238,17 @@ def main(cfg: "DictConfig"):  # noqa: F821
                     with timeit("logging"):
                         metrics.update(timeit.todict(prefix="time"))
                         log_metrics(logger, metrics, offline_steps + collected_frames)
+
+                if cfg.checkpoint.interval and collected_frames >= next_checkpoint:
+                    next_checkpoint += cfg.checkpoint.interval
+                    # Episodes are cut here in every run, resumed or not, so both go on alike.
+                    replay_buffer.end_episodes()
+                    checkpoint()
+                    restart_episodes(cfg, collector, collected_frames)
+                    checkpointed_frames = collected_frames
+        if checkpointed_frames != collected_frames:
+            replay_buffer.end_episodes()
+            checkpoint()
 
         collector.shutdown()
         if not train_env.is_closed:

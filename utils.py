@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import gymnasium as gym
+import numpy as np
 import torch
 from hydra.utils import to_absolute_path
 from omegaconf import OmegaConf
@@ -138,6 +141,12 @@ def validate_config(cfg) -> str:
         value = OmegaConf.select(cfg, key)
         if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
             raise ConfigError(f"{key}={value!r} is not allowed: it must lie in [0, 1]")
+    if not isinstance(cfg.checkpoint.interval, int) or cfg.checkpoint.interval < 0:
+        raise ConfigError(
+            f"checkpoint.interval={cfg.checkpoint.interval!r} is not allowed: an integer >= 0 (0: at the end only)"
+        )
+    if cfg.checkpoint.resume and cfg.offline.dataset:
+        raise ConfigError("checkpoint.resume is not allowed with offline.dataset: offline runs are not resumable yet")
     if cfg.optim.on_nonfinite not in ("stop", "skip"):
         raise ConfigError(f"optim.on_nonfinite={cfg.optim.on_nonfinite!r} is not allowed: use stop or skip")
     if not 0.0 < cfg.loss.gamma < 1.0:
@@ -311,21 +320,28 @@ def load_offline_data(cfg, env_name: str) -> TensorDict:
 # ---------------------------
 
 
-def make_collector(cfg, train_env, actor, device) -> Collector:
+def make_collector(cfg, train_env, actor, device, collected_frames: int = 0) -> Collector:
+    """The collector of the frames still to come; ``collected_frames`` are those of a resumed run."""
     collector = Collector(
         train_env,
         actor,
         frames_per_batch=cfg.collector.frames_per_batch,
-        total_frames=cfg.collector.total_frames,
-        init_random_frames=cfg.collector.init_random_frames,
+        total_frames=cfg.collector.total_frames - collected_frames,
+        init_random_frames=max(0, cfg.collector.init_random_frames - collected_frames),
         policy_device=device,
         env_device="cpu",
         storing_device=device,
         # The policy is not recurrent: it needs no InitTracker, which torchrl would otherwise add.
         auto_register_policy_transforms=False,
     )
-    collector.set_seed(cfg.env.seed)
     return collector
+
+
+def restart_episodes(cfg, collector: Collector, collected_frames: int) -> None:
+    """Reseed and reset the training envs: what they do next depends on the seed and the frame count
+    alone, so a run resumed from a checkpoint taken here continues exactly as the original."""
+    collector.set_seed(cfg.env.seed + collected_frames)
+    collector.reset()
 
 
 def make_replay_buffer(cfg, device, offline_data: TensorDict | None = None) -> FutureGoalReplayBuffer:
@@ -521,6 +537,75 @@ def make_target_updater(cfg, loss_module: ContrastiveLoss) -> SoftUpdate | None:
 
 
 # ====================================================================
+# Checkpoints
+# -----------
+
+CHECKPOINT_FILE = "checkpoint.pt"
+# Config entries that may change between a run and its resumption.
+RESUMABLE_KEYS = ("checkpoint.", "collector.total_frames", "logger.backend", "logger.mode", "device")
+
+
+def flat_config(cfg) -> dict:
+    """The resolved config as ``{"group.key": value}``, without the entries a resumption may change."""
+
+    def flatten(node: dict, prefix: str = "") -> dict:
+        flat = {}
+        for key, value in node.items():
+            if isinstance(value, dict):
+                flat.update(flatten(value, f"{prefix}{key}."))
+            else:
+                flat[f"{prefix}{key}"] = value
+        return flat
+
+    config = flatten(OmegaConf.to_container(cfg, resolve=True))
+    return {key: value for key, value in config.items() if not key.startswith(RESUMABLE_KEYS)}
+
+
+def find_checkpoint(cfg) -> Path | None:
+    """The checkpoint to resume from: none, the run directory's own (``auto``), or a given run's."""
+    resume = cfg.checkpoint.resume
+    if not resume:
+        return None
+    if resume == "auto":
+        path = Path.cwd() / CHECKPOINT_FILE
+        return path if path.is_file() else None
+    path = Path(to_absolute_path(resume)) / CHECKPOINT_FILE
+    if not path.is_file():
+        raise ConfigError(f"checkpoint.resume={resume!r} is not allowed: {path} does not exist")
+    return path
+
+
+def load_checkpoint(cfg, path: Path) -> dict:
+    """Read a checkpoint and check that it was written by a run of the same configuration."""
+    state = torch.load(path, weights_only=False)
+    saved, current = state["config"], flat_config(cfg)
+    differing = sorted(key for key in saved.keys() | current.keys() if saved.get(key) != current.get(key))
+    if differing:
+        raise ConfigError(
+            f"checkpoint.resume={cfg.checkpoint.resume!r} is not allowed: {path} belongs to another "
+            f"configuration (it differs in {', '.join(differing)})"
+        )
+    return state
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write atomically: a kill during the write leaves the previous checkpoint whole."""
+    temporary = path.with_suffix(".tmp")
+    torch.save(state, temporary)
+    os.replace(temporary, path)
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+# ====================================================================
 # Logging and evaluation
 # ----------------------
 
@@ -582,8 +667,10 @@ def episode_metrics(rollout: TensorDict) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate(eval_env, actor, max_steps: int) -> dict[str, float]:
-    """One episode per eval env on fresh desired goals, acting with the policy's mode."""
+def evaluate(eval_env, actor, max_steps: int, seed: int) -> dict[str, float]:
+    """One episode per eval env on fresh desired goals (drawn from ``seed``), acting with the policy's
+    mode."""
+    eval_env.set_seed(seed)
     with set_exploration_type(ExplorationType.DETERMINISTIC):
         rollout = eval_env.rollout(
             max_steps, actor, auto_cast_to_device=True, break_when_any_done=False

@@ -85,6 +85,22 @@ class FutureGoalReplayBuffer(TensorDictReplayBuffer):
         self._horizon = None
         return index
 
+    def end_episodes(self) -> None:
+        """Mark the newest stored step of every env as an episode end (the envs are about to be reset
+        outside their own episode ends), so no goal is drawn across the cut."""
+        if self._newest_time is not None:
+            self._storage._storage.get(self.done_key)[self._newest_time] = True
+            self._horizon = None
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "newest_time": self._newest_time}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        self._newest_time = state_dict.pop("newest_time")
+        super().load_state_dict(state_dict)
+        self._horizon = None
+
     @property
     def num_time_slots(self) -> int:
         """Number of filled time slots per env."""

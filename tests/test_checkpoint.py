@@ -1,0 +1,91 @@
+"""Checkpoints: a run killed mid-way and resumed equals the run that was never interrupted."""
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT, TINY_OVERRIDES
+from test_smoke import read_scalar
+
+RUN = [*TINY_OVERRIDES, "collector.total_frames=1000", "buffer.size=2000", "model.cold_init=false",
+       "optim.utd_ratio=0.2", "checkpoint.interval=300"]
+COMPARED = ("train/loss_critic", "train/loss_actor", "eval/final_goal_distance", "eval/success_any")
+
+
+def script(*overrides):
+    return [sys.executable, str(ROOT / "stable_contrastive_rl.py"), *overrides]
+
+
+def curves(run_dir):
+    # A resumed run logs again the steps after its checkpoint: the later line of a step wins.
+    return {name: dict(read_scalar(run_dir, name)) for name in COMPARED}
+
+
+def test_killed_and_resumed_run_equals_the_uninterrupted_one(tmp_path):
+    uninterrupted = subprocess.run(script(*RUN, f"hydra.run.dir={tmp_path / 'a'}"), capture_output=True, text=True)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+
+    killed_dir = tmp_path / "b"
+    process = subprocess.Popen(script(*RUN, f"hydra.run.dir={killed_dir}"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed_dir / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    saved = torch.load(killed_dir / "checkpoint.pt", weights_only=False)
+    assert saved["counters"]["collected_frames"] in (300, 600, 900)  # killed before the end
+
+    resumed = subprocess.run(script(*RUN, "checkpoint.resume=auto", f"hydra.run.dir={killed_dir}"),
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected, found = curves(tmp_path / "a"), curves(killed_dir)
+    assert found == expected  # bit-exact on CPU
+    assert max(expected["train/loss_critic"]) == 1000
+
+
+def test_resume_refuses_a_missing_or_foreign_checkpoint(tmp_path):
+    missing = subprocess.run(script(*RUN, f"checkpoint.resume={tmp_path / 'nowhere'}",
+                                    f"hydra.run.dir={tmp_path / 'x'}"), capture_output=True, text=True)
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr
+    assert f"error: checkpoint.resume='{tmp_path / 'nowhere'}' is not allowed: " \
+           f"{tmp_path / 'nowhere' / 'checkpoint.pt'} does not exist" in missing.stderr.splitlines()
+
+    first = subprocess.run(script(*RUN, "collector.total_frames=300", f"hydra.run.dir={tmp_path / 'first'}"),
+                           capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = (tmp_path / "first" / "checkpoint.pt").read_bytes()
+    foreign = subprocess.run(script(*RUN, "loss.gamma=0.9", f"checkpoint.resume={tmp_path / 'first'}",
+                                    f"hydra.run.dir={tmp_path / 'second'}"), capture_output=True, text=True)
+    assert foreign.returncode != 0 and "Traceback" not in foreign.stderr
+    [line] = [line for line in foreign.stderr.splitlines() if line.startswith("error:")]
+    assert line.endswith("belongs to another configuration (it differs in loss.gamma)")
+    assert (tmp_path / "first" / "checkpoint.pt").read_bytes() == before
+    assert not (tmp_path / "second" / "logs").exists()
+
+
+def test_an_interrupted_write_leaves_the_previous_checkpoint(tmp_path):
+    from utils import save_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"step": 1})
+    # What a kill during the next write leaves behind: a partial temporary file, the old checkpoint.
+    (tmp_path / "checkpoint.tmp").write_bytes(b"partial")
+    assert torch.load(path, weights_only=False) == {"step": 1}
+    save_checkpoint(path, {"step": 2})
+    assert torch.load(path, weights_only=False) == {"step": 2}
+    assert not (tmp_path / "checkpoint.tmp").exists()
+
+
+@pytest.mark.parametrize("override,pattern", [
+    ("checkpoint.interval=-1", "checkpoint.interval=-1 is not allowed"),
+])
+def test_bad_checkpoint_config_is_named(make_cfg, override, pattern):
+    from contrastive_rl.envs import ConfigError
+    from utils import validate_config
+
+    with pytest.raises(ConfigError, match=pattern):
+        validate_config(make_cfg(override))
