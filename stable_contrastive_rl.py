@@ -152,6 +152,11 @@ def main(cfg: "DictConfig"):  # noqa: F821
             "train/elapsed_seconds": elapsed,
         }
 
+    def log(metrics: dict[str, float], step: int) -> None:
+        if logger is not None:
+            with timeit("logging"):
+                log_metrics(logger, {**metrics, **timeit.todict(prefix="time")}, step)
+
     # Offline: gradient steps on the dataset; the logging step counts gradient steps.
     offline_steps = cfg.offline.gradient_steps if offline_data is not None else 0
     if offline_steps:
@@ -165,10 +170,7 @@ def main(cfg: "DictConfig"):  # noqa: F821
                 if num_updates % cfg.offline.eval_interval == 0 or num_updates == offline_steps:
                     metrics.update(evaluate_policy(pbar, num_updates))
                 metrics.update(progress_metrics())
-                if logger is not None:
-                    with timeit("logging"):
-                        metrics.update(timeit.todict(prefix="time"))
-                        log_metrics(logger, metrics, num_updates)
+                log(metrics, num_updates)
 
     # Online: collect, store, update; the logging step counts env steps (after the offline steps).
     if trains_online(cfg):
@@ -234,10 +236,7 @@ def main(cfg: "DictConfig"):  # noqa: F821
                 metrics.update(progress_metrics())
                 metrics["train/frames_per_second"] = collected_frames / metrics["train/elapsed_seconds"]
                 metrics["train/collected_frames"] = collected_frames
-                if logger is not None:
-                    with timeit("logging"):
-                        metrics.update(timeit.todict(prefix="time"))
-                        log_metrics(logger, metrics, offline_steps + collected_frames)
+                log(metrics, offline_steps + collected_frames)
 
                 if cfg.checkpoint.interval and collected_frames >= next_checkpoint:
                     next_checkpoint += cfg.checkpoint.interval

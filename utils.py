@@ -112,19 +112,24 @@ def validate_config(cfg) -> str:
         "optim.utd_ratio": cfg.optim.utd_ratio,
         "logger.eval_interval": cfg.logger.eval_interval,
         "logger.num_eval_episodes": cfg.logger.num_eval_episodes,
+        "loss.temperature": cfg.loss.temperature,
+        "loss.max_importance_weight": cfg.loss.max_importance_weight,
+        "model.policy_std": cfg.model.policy_std,
     }
+    real_valued = ("optim.lr", "optim.utd_ratio", "loss.temperature", "loss.max_importance_weight", "model.policy_std")
     for key, value in positive.items():
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
             raise ConfigError(f"{key}={value!r} is not allowed: it must be a positive number")
-    integers = [key for key in positive if key not in ("optim.lr", "optim.utd_ratio")]
-    for key in integers:
-        if not isinstance(positive[key], int):
-            raise ConfigError(f"{key}={positive[key]!r} is not allowed: it must be an integer")
-    if not isinstance(cfg.collector.init_random_frames, int) or cfg.collector.init_random_frames < 0:
-        raise ConfigError(
-            f"collector.init_random_frames={cfg.collector.init_random_frames!r} is not allowed: "
-            "it must be an integer >= 0"
-        )
+        if key not in real_valued and not isinstance(value, int):
+            raise ConfigError(f"{key}={value!r} is not allowed: it must be an integer")
+    for key in ("collector.init_random_frames", "buffer.random_crop_pad"):
+        value = OmegaConf.select(cfg, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"{key}={value!r} is not allowed: it must be an integer >= 0")
+    for key in ("loss.bc_coef", "loss.target_tau", "loss.random_goal_fraction", "buffer.random_crop_prob"):
+        value = OmegaConf.select(cfg, key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{key}={value!r} is not allowed: it must lie in [0, 1]")
     choices = {
         "loss.contrastive": (cfg.loss.contrastive, CONTRASTIVE_LOSSES),
         "loss.energy": (cfg.loss.energy, ENERGIES),
@@ -133,14 +138,6 @@ def validate_config(cfg) -> str:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not allowed: use one of {', '.join(allowed)}")
-    for key in ("loss.temperature", "model.policy_std", "loss.max_importance_weight"):
-        value = OmegaConf.select(cfg, key)
-        if not isinstance(value, (int, float)) or value <= 0:
-            raise ConfigError(f"{key}={value!r} is not allowed: it must be a positive number")
-    for key in ("loss.bc_coef", "loss.target_tau"):
-        value = OmegaConf.select(cfg, key)
-        if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-            raise ConfigError(f"{key}={value!r} is not allowed: it must lie in [0, 1]")
     if not isinstance(cfg.checkpoint.interval, int) or cfg.checkpoint.interval < 0:
         raise ConfigError(
             f"checkpoint.interval={cfg.checkpoint.interval!r} is not allowed: an integer >= 0 (0: at the end only)"
@@ -151,11 +148,6 @@ def validate_config(cfg) -> str:
         raise ConfigError(f"optim.on_nonfinite={cfg.optim.on_nonfinite!r} is not allowed: use stop or skip")
     if not 0.0 < cfg.loss.gamma < 1.0:
         raise ConfigError(f"loss.gamma={cfg.loss.gamma!r} is not allowed: it must lie in (0, 1)")
-    if not 0.0 <= cfg.loss.random_goal_fraction <= 1.0:
-        raise ConfigError(
-            f"loss.random_goal_fraction={cfg.loss.random_goal_fraction!r} is not allowed: "
-            "it must lie in [0, 1]"
-        )
     target_entropy = cfg.loss.target_entropy
     if target_entropy != "auto" and not isinstance(target_entropy, (int, float)):
         raise ConfigError(
@@ -193,22 +185,15 @@ def validate_config(cfg) -> str:
             f"logger.backend={backend!r} is not allowed: use one of wandb, tensorboard, csv, "
             "or leave it empty for no logging"
         )
-    if not 0.0 <= cfg.buffer.random_crop_prob <= 1.0:
-        raise ConfigError(
-            f"buffer.random_crop_prob={cfg.buffer.random_crop_prob!r} is not allowed: it must lie in [0, 1]"
-        )
-    if not isinstance(cfg.buffer.random_crop_pad, int) or cfg.buffer.random_crop_pad < 0:
-        raise ConfigError(
-            f"buffer.random_crop_pad={cfg.buffer.random_crop_pad!r} is not allowed: it must be an integer >= 0"
-        )
     if cfg.compile.compile_mode not in ("", None, "default", "reduce-overhead", "max-autotune"):
         raise ConfigError(
             f"compile.compile_mode={cfg.compile.compile_mode!r} is not allowed: use default, "
             "reduce-overhead or max-autotune"
         )
-    if cfg.compile.cudagraphs and get_device(cfg).type != "cuda":
+    device = get_device(cfg)
+    if cfg.compile.cudagraphs and device.type != "cuda":
         raise ConfigError(
-            f"compile.cudagraphs=true is not allowed on device {str(get_device(cfg))!r}: CUDA graphs need a GPU"
+            f"compile.cudagraphs=true is not allowed on device {str(device)!r}: CUDA graphs need a GPU"
         )
     env_name = resolve_env_name(cfg.env.env_name)
     env = gym.make(env_name)
