@@ -42,6 +42,8 @@ from utils import (
     make_replay_buffer,
     make_target_updater,
     make_train_environment,
+    make_video_environment,
+    record_video,
     report_time_shares,
     restart_episodes,
     rng_state,
@@ -73,6 +75,7 @@ def main(cfg: "DictConfig"):  # noqa: F821
     logger = make_logger(cfg, exp_name)
 
     eval_env = make_eval_environment(cfg, env_name)
+    video_env = make_video_environment(cfg, env_name, logger)
     actor, critic = make_agent(cfg, eval_env, device)
     loss_module = make_loss_module(cfg, actor, critic)
     optimizer = make_optimizer(cfg, loss_module)
@@ -135,9 +138,17 @@ def main(cfg: "DictConfig"):  # noqa: F821
             metrics.update({f"train/{key}": losses[key].item() for key in losses.keys()})
         return metrics
 
+    evaluations = resumed["evaluations"] if resumed else 0
+
     def evaluate_policy(pbar, step: int) -> dict[str, float]:
+        nonlocal evaluations
+        seed = cfg.env.seed + 10_000 + step
         with timeit("eval"):
-            eval_metrics = evaluate(eval_env, actor, cfg.env.max_steps, seed=cfg.env.seed + 10_000 + step)
+            eval_metrics = evaluate(eval_env, actor, cfg.env.max_steps, seed=seed)
+        if video_env is not None and evaluations % cfg.logger.video_every == 0:
+            with timeit("video"):
+                record_video(video_env, actor, cfg.env.max_steps, seed=seed, step=step)
+        evaluations += 1
         pbar.set_postfix(success=f"{eval_metrics['success_final']:.2f}")
         return {f"eval/{key}": value for key, value in eval_metrics.items()}
 
@@ -202,6 +213,7 @@ def main(cfg: "DictConfig"):  # noqa: F821
                     "rng": rng_state(),
                     "num_updates": num_updates,
                     "skipped_updates": skipped_updates,
+                    "evaluations": evaluations,
                     "counters": {
                         "collected_frames": collected_frames, "update_credit": update_credit,
                         "next_eval": next_eval, "next_checkpoint": next_checkpoint,
@@ -252,9 +264,12 @@ def main(cfg: "DictConfig"):  # noqa: F821
         collector.shutdown()
         if not train_env.is_closed:
             train_env.close()
-    if not eval_env.is_closed:
-        eval_env.close()
+    for env in (eval_env, video_env):
+        if env is not None and not env.is_closed:
+            env.close()
     report_time_shares(logger, time.perf_counter() - start_time, num_updates)
+    if logger is not None:
+        logger.close()  # flush while the working directory is still the run's
 
 
 if __name__ == "__main__":

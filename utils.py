@@ -20,6 +20,7 @@ from tensordict.nn.distributions import NormalParamExtractor
 from torch import nn
 from torchrl.collectors import Collector
 from torchrl.envs import (
+    CatTensors,
     Compose,
     DoubleToFloat,
     EnvCreator,
@@ -33,6 +34,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import MLP, IndependentNormal, ProbabilisticActor, TanhNormal
 from torchrl.objectives import SoftUpdate
 from torchrl._utils import timeit
+from torchrl.record import VideoRecorder
 from torchrl.record.loggers import get_logger
 
 from contrastive_rl.envs import (
@@ -53,13 +55,16 @@ from contrastive_rl.pixels import (
     RandomShiftCrop,
     SharedEncoderView,
     make_pixel_gym_env,
+    rendering_error,
     supports_image_goals,
 )
 from contrastive_rl.replay import FutureGoalReplayBuffer
+from contrastive_rl.videos import VIDEO_KEY, Mp4CSVLogger, make_video_gym_env
 
 log = logging.getLogger(__name__)
 
 LOGGER_BACKENDS = ("wandb", "tensorboard", "csv", "")
+VIDEO_FPS = 25
 POLICIES = ("tanh_normal", "fixed_std_normal")
 GOAL_KEY = "desired_goal"
 
@@ -112,6 +117,7 @@ def validate_config(cfg) -> str:
         "optim.utd_ratio": cfg.optim.utd_ratio,
         "logger.eval_interval": cfg.logger.eval_interval,
         "logger.num_eval_episodes": cfg.logger.num_eval_episodes,
+        "logger.video_size": cfg.logger.video_size,
         "loss.temperature": cfg.loss.temperature,
         "loss.max_importance_weight": cfg.loss.max_importance_weight,
         "model.policy_std": cfg.model.policy_std,
@@ -122,7 +128,7 @@ def validate_config(cfg) -> str:
             raise ConfigError(f"{key}={value!r} is not allowed: it must be a positive number")
         if key not in real_valued and not isinstance(value, int):
             raise ConfigError(f"{key}={value!r} is not allowed: it must be an integer")
-    for key in ("collector.init_random_frames", "buffer.random_crop_pad"):
+    for key in ("collector.init_random_frames", "buffer.random_crop_pad", "logger.video_every"):
         value = OmegaConf.select(cfg, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ConfigError(f"{key}={value!r} is not allowed: it must be an integer >= 0")
@@ -185,6 +191,11 @@ def validate_config(cfg) -> str:
             f"logger.backend={backend!r} is not allowed: use one of wandb, tensorboard, csv, "
             "or leave it empty for no logging"
         )
+    if cfg.logger.video_every and not backend:
+        raise ConfigError(
+            f"logger.video_every={cfg.logger.video_every} is not allowed with no logger.backend: "
+            "videos go to the logger (wandb, tensorboard, csv)"
+        )
     if cfg.compile.compile_mode not in ("", None, "default", "reduce-overhead", "max-autotune"):
         raise ConfigError(
             f"compile.compile_mode={cfg.compile.compile_mode!r} is not allowed: use default, "
@@ -210,6 +221,14 @@ def validate_config(cfg) -> str:
         if not isinstance(cfg.env.image_size, int) or cfg.env.image_size < 36:
             raise ConfigError(
                 f"env.image_size={cfg.env.image_size!r} is not allowed: the encoder needs at least 36 pixels"
+            )
+    for key in ("env.from_pixels", "logger.video_every"):
+        value = OmegaConf.select(cfg, key)
+        error = rendering_error(env_name) if value else ""
+        if error:
+            raise ConfigError(
+                f"{key}={value} is not allowed here: {env_name} cannot render offscreen ({error}); "
+                "see the README's Images section"
             )
     return env_name
 
@@ -598,6 +617,8 @@ def set_rng_state(state: dict) -> None:
 def make_logger(cfg, exp_name: str):
     if not cfg.logger.backend:
         return None
+    if cfg.logger.backend == "csv":
+        return Mp4CSVLogger(exp_name, log_dir="logs")
     return get_logger(
         cfg.logger.backend,
         logger_name="logs",
@@ -661,6 +682,40 @@ def evaluate(eval_env, actor, max_steps: int, seed: int) -> dict[str, float]:
             max_steps, actor, auto_cast_to_device=True, break_when_any_done=False
         )
     return episode_metrics(rollout)
+
+
+def make_video_environment(cfg, env_name: str, logger) -> TransformedEnv | None:
+    """One env recorded by TorchRL's VideoRecorder into the logger, for ``record_video``.
+
+    State-based envs are rendered by MuJoCo (``logger.video_size`` pixels) with the desired goal's
+    marker; image envs show what the agent sees beside the goal image, their marker being hidden.
+    """
+    if not cfg.logger.video_every:
+        return None
+    if cfg.env.from_pixels:
+        env = apply_env_transforms(env_maker(env_name, cfg.env.max_steps, True, cfg.env.image_size))
+        side_by_side = CatTensors([PIXELS_KEY, GOAL_PIXELS_KEY], VIDEO_KEY, dim=-2, del_keys=False, sort=False)
+        env.append_transform(side_by_side)
+        frame_key = VIDEO_KEY
+    else:
+        register_goal_envs()
+        gym_env = make_video_gym_env(env_name, cfg.env.max_steps, cfg.logger.video_size)
+        env = GymWrapper(gym_env, from_pixels=True, pixels_only=False)
+        env.set_info_dict_reader(SuccessInfoReader())
+        env = apply_env_transforms(env)
+        frame_key = PIXELS_KEY
+    env.append_transform(VideoRecorder(logger, tag="eval/video", in_keys=[frame_key], skip=1, fps=VIDEO_FPS))
+    return env
+
+
+def record_video(video_env: TransformedEnv, actor, max_steps: int, seed: int, step: int) -> TensorDict:
+    """Replay the first evaluation episode (same seed, deterministic policy) in ``video_env`` and log
+    its video at ``step``; return the rollout."""
+    video_env.set_seed(seed)
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        rollout = video_env.rollout(max_steps, actor, auto_cast_to_device=True)
+    video_env.transform[-1].dump(step=step)
+    return rollout
 
 
 def train_episode_metrics(batch: TensorDict) -> dict[str, float]:

@@ -20,12 +20,46 @@ def supports_image_goals(env_name: str) -> bool:
     return env_name.startswith(IMAGE_GOAL_ENVS)
 
 
+def mujoco_renderer(env: gym.Env):
+    """The MuJoCo renderer of a goal env (the mazes keep it on their inner point or ant env)."""
+    base = env.unwrapped
+    return (getattr(base, "point_env", None) or getattr(base, "ant_env", None) or base).mujoco_renderer
+
+
+class OwnContextRender(gym.Wrapper):
+    """Make the env's own GL context current before each render.
+
+    gymnasium's MuJoCo renderer assumes its context stays current; with several envs rendering in one
+    process (train, eval and video envs) each frame would otherwise be drawn in whichever context was
+    made current last: black, or another env's scene.
+    """
+
+    def render(self):
+        viewer = mujoco_renderer(self.env).viewer
+        if viewer is not None:  # the first render creates the context and makes it current
+            viewer.make_context_current()
+        return self.env.render()
+
+
+def look_down_on_maze(env: gym.Env) -> None:
+    """Point the camera of a PointMaze or AntMaze env straight down on the whole maze (the defaults are
+    an oblique far view, and a close view that follows the ant)."""
+    maze = env.unwrapped
+    extent = max(maze.maze.map_length, maze.maze.map_width) * maze.maze.maze_size_scaling
+    mujoco_renderer(env).default_cam_config = {
+        "distance": float(extent),
+        "elevation": -90.0,
+        "azimuth": 90.0,
+        "lookat": np.zeros(3),
+    }
+
+
 class GoalImageWrapper(gym.Wrapper):
     """Add the rendered frame (``pixels``) and an image of the desired goal (``goal_pixels``) to a
     PointMaze observation.
 
-    The camera looks straight down on the whole maze (the default view is oblique and far, leaving the
-    ball a pixel or two wide). The goal image is rendered once per episode with the ball placed at the
+    The camera looks straight down on the whole maze (the default view leaves the ball a pixel or two
+    wide). The goal image is rendered once per episode with the ball placed at the
     desired goal; the red target marker is hidden from every image, so the goal is known from
     ``goal_pixels`` alone. No library renders goal images, hence this wrapper.
     """
@@ -39,13 +73,7 @@ class GoalImageWrapper(gym.Wrapper):
         maze = env.unwrapped
         self._point = maze.point_env
         self._point.model.site_rgba[maze.target_site_id, 3] = 0.0
-        extent = max(maze.maze.map_length, maze.maze.map_width) * maze.maze.maze_size_scaling
-        self._point.mujoco_renderer.default_cam_config = {
-            "distance": float(extent),
-            "elevation": -90.0,
-            "azimuth": 90.0,
-            "lookat": np.zeros(3),
-        }
+        look_down_on_maze(env)
         self._goal_pixels = None
 
     def reset(self, **kwargs):
@@ -74,12 +102,31 @@ class GoalImageWrapper(gym.Wrapper):
         return image
 
 
+def use_headless_rendering() -> None:
+    os.environ.setdefault("MUJOCO_GL", "egl")  # Mesa's EGL renders offscreen on a machine without display
+
+
+def rendering_error(env_name: str) -> str:
+    """Empty if ``env_name`` renders offscreen here, else why not."""
+    use_headless_rendering()
+    try:
+        env = gym.make(env_name, render_mode="rgb_array", width=8, height=8)
+        try:
+            env.reset(seed=0)
+            env.render()
+        finally:
+            env.close()
+    except Exception as error:  # no GL library, no EGL device, ...
+        return f"{type(error).__name__}: {error}"
+    return ""
+
+
 def make_pixel_gym_env(env_name: str, max_steps: int, image_size: int) -> gym.Env:
-    os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering (Mesa's EGL works on a CPU machine)
+    use_headless_rendering()
     env = gym.make(
         env_name, max_episode_steps=max_steps, render_mode="rgb_array", width=image_size, height=image_size
     )
-    return GoalImageWrapper(env, image_size)
+    return GoalImageWrapper(OwnContextRender(env), image_size)
 
 
 class PixelEncoder(nn.Module):

@@ -82,6 +82,8 @@ def test_missing_version_resolves_to_newest(make_cfg, caplog):
         ("loss.bc_coef=1.5", r"loss.bc_coef=1.5 .* \[0, 1\]"),
         ("loss.temperature=0", "loss.temperature=0 .* positive"),
         ("compile.compile_mode=fastest", "compile.compile_mode='fastest' .* reduce-overhead"),
+        ("logger.video_every=-1", "logger.video_every=-1 .* integer >= 0"),
+        ("logger.video_size=0", "logger.video_size=0 .* positive"),
     ],
 )
 def test_bad_input_is_named(make_cfg, override, pattern):
@@ -89,6 +91,11 @@ def test_bad_input_is_named(make_cfg, override, pattern):
     overrides = [o for o in base if o.split("=")[0] != override.split("=")[0]] + [override]
     with pytest.raises(ConfigError, match=pattern):
         validate_config(make_cfg(*overrides))
+
+
+def test_videos_need_a_logger(make_cfg):
+    with pytest.raises(ConfigError, match="logger.video_every=2 is not allowed with no logger.backend"):
+        validate_config(make_cfg("logger.video_every=2", "logger.backend="))
 
 
 def test_script_reports_bad_input_in_one_line(tmp_path):

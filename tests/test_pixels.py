@@ -29,6 +29,23 @@ def test_goal_image_is_the_scene_with_the_ball_at_the_goal():
 
 
 @needs_rendering
+def test_each_env_renders_its_own_scene_when_several_render_in_one_process():
+    from contrastive_rl.videos import make_video_gym_env
+
+    maze = make_pixel_gym_env("PointMaze_UMaze-v3", 10, 48)
+    alone = maze.reset(seed=0)[0]["pixels"]
+    fetch = make_video_gym_env("FetchReach-v4", 10, 48)
+    fetch.reset(seed=0)
+    fetch_alone = fetch.render()
+    for _ in range(2):  # alternate: each render follows the other env's
+        assert np.array_equal(maze.render(), alone)
+        assert np.array_equal(fetch.render(), fetch_alone)
+    fetch.close()  # frees the context that was current last
+    assert np.array_equal(maze.render(), alone)
+    maze.close()
+
+
+@needs_rendering
 def test_pixel_env_through_torchrl_keeps_uint8_images_and_a_fixed_goal_image():
     env = apply_env_transforms(env_maker("PointMaze_UMaze-v3", 6, from_pixels=True, image_size=48))
     env.set_seed(0)
