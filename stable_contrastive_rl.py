@@ -30,6 +30,7 @@ from utils import (
     get_device,
     gradient_norm,
     load_checkpoint,
+    load_replay_buffer,
     load_offline_data,
     log_metrics,
     make_agent,
@@ -86,7 +87,7 @@ def main(cfg: "DictConfig"):  # noqa: F821
     if resumed:
         loss_module.load_state_dict(resumed["loss_module"])
         optimizer.load_state_dict(resumed["optimizer"])
-        replay_buffer.load_state_dict(resumed["replay_buffer"])
+        load_replay_buffer(replay_buffer, resume_from, resumed)
 
     def compute_gradients(batch: TensorDict) -> TensorDict:
         loss_td = loss_module(batch)
@@ -209,7 +210,6 @@ def main(cfg: "DictConfig"):  # noqa: F821
                     "exp_name": exp_name,
                     "loss_module": loss_module.state_dict(),
                     "optimizer": optimizer.state_dict(),
-                    "replay_buffer": replay_buffer.state_dict(),
                     "rng": rng_state(),
                     "num_updates": num_updates,
                     "skipped_updates": skipped_updates,
@@ -218,7 +218,7 @@ def main(cfg: "DictConfig"):  # noqa: F821
                         "collected_frames": collected_frames, "update_credit": update_credit,
                         "next_eval": next_eval, "next_checkpoint": next_checkpoint,
                     },
-                })
+                }, replay_buffer)
 
         with tqdm.tqdm(total=cfg.collector.total_frames, initial=collected_frames, unit="frames") as pbar:
             collector_iter = iter(collector)

@@ -6,6 +6,8 @@ import functools
 import logging
 import os
 import random
+import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -545,6 +547,7 @@ def make_target_updater(cfg, loss_module: ContrastiveLoss) -> SoftUpdate | None:
 # -----------
 
 CHECKPOINT_FILE = "checkpoint.pt"
+REPLAY_BUFFER_PREFIX = "replay_buffer_"
 # Config entries that may change between a run and its resumption.
 RESUMABLE_KEYS = ("checkpoint.", "collector.total_frames", "logger.backend", "logger.mode", "device")
 
@@ -592,11 +595,23 @@ def load_checkpoint(cfg, path: Path) -> dict:
     return state
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write atomically: a kill during the write leaves the previous checkpoint whole."""
+def save_checkpoint(path: Path, state: dict, replay_buffer: FutureGoalReplayBuffer) -> None:
+    """Write the replay buffer (TorchRL's dump: memory-mapped files) to a fresh directory, then
+    atomically replace the checkpoint file that names it, then remove the older buffer directories: a
+    kill at any point leaves the last complete checkpoint and its buffer whole."""
+    buffer_dir = f"{REPLAY_BUFFER_PREFIX}{uuid.uuid4().hex[:12]}"
+    replay_buffer.dumps(path.parent / buffer_dir)
     temporary = path.with_suffix(".tmp")
-    torch.save(state, temporary)
+    torch.save({**state, "replay_buffer_dir": buffer_dir}, temporary)
     os.replace(temporary, path)
+    for old in path.parent.glob(f"{REPLAY_BUFFER_PREFIX}*"):
+        if old.name != buffer_dir:
+            shutil.rmtree(old)
+
+
+def load_replay_buffer(replay_buffer: FutureGoalReplayBuffer, path: Path, state: dict) -> None:
+    """Fill the buffer from the dump that the checkpoint at ``path`` names."""
+    replay_buffer.loads(path.parent / state["replay_buffer_dir"])
 
 
 def rng_state() -> dict:

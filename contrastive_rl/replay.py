@@ -6,7 +6,9 @@ episodes in a flat storage, where several envs collecting at once interleave the
 """
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import torch
 from tensordict import TensorDictBase
@@ -92,13 +94,14 @@ class FutureGoalReplayBuffer(TensorDictReplayBuffer):
             self._storage._storage.get(self.done_key)[self._newest_time] = True
             self._horizon = None
 
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "newest_time": self._newest_time}
+    def dumps(self, path) -> None:
+        """TorchRL's dump (storage as memory-mapped files, sampler, writer), plus the newest write."""
+        super().dumps(path)
+        (Path(path) / "future_goals.json").write_text(json.dumps({"newest_time": self._newest_time}))
 
-    def load_state_dict(self, state_dict: dict) -> None:
-        state_dict = dict(state_dict)
-        self._newest_time = state_dict.pop("newest_time")
-        super().load_state_dict(state_dict)
+    def loads(self, path) -> None:
+        super().loads(path)
+        self._newest_time = json.loads((Path(path) / "future_goals.json").read_text())["newest_time"]
         self._horizon = None
 
     @property

@@ -67,17 +67,58 @@ def test_resume_refuses_a_missing_or_foreign_checkpoint(tmp_path):
     assert not (tmp_path / "second" / "logs").exists()
 
 
-def test_an_interrupted_write_leaves_the_previous_checkpoint(tmp_path):
-    from utils import save_checkpoint
+def filled_buffer():
+    """A replay buffer of about 60 MB with fixed contents, so a save takes a while to kill."""
+    from tensordict import TensorDict
+
+    from contrastive_rl.replay import FutureGoalReplayBuffer
+
+    generator = torch.Generator().manual_seed(0)
+    buffer = FutureGoalReplayBuffer(capacity=60_000, num_envs=2, batch_size=8, gamma=0.9)
+    data = TensorDict({
+        "observation": torch.randn(2, 30_000, 256, generator=generator),
+        "desired_goal": torch.randn(2, 30_000, 2, generator=generator),
+        "next": {"achieved_goal": torch.randn(2, 30_000, 2, generator=generator),
+                 "done": torch.rand(2, 30_000, 1, generator=generator) < 0.02},
+    }, [2, 30_000])
+    buffer.extend(data)
+    return buffer
+
+
+SAVE_FOREVER = f"""
+import sys
+from pathlib import Path
+sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / "tests")!r}]
+from test_checkpoint import filled_buffer
+from utils import save_checkpoint
+buffer, step = filled_buffer(), 0
+while True:
+    step += 1
+    save_checkpoint(Path(sys.argv[1]), {{"step": step}}, buffer)
+    print(step, flush=True)
+"""
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.15, 0.3, 0.45])
+def test_a_kill_during_a_save_leaves_the_last_complete_checkpoint(tmp_path, delay):
+    from utils import load_replay_buffer
 
     path = tmp_path / "checkpoint.pt"
-    save_checkpoint(path, {"step": 1})
-    # What a kill during the next write leaves behind: a partial temporary file, the old checkpoint.
-    (tmp_path / "checkpoint.tmp").write_bytes(b"partial")
-    assert torch.load(path, weights_only=False) == {"step": 1}
-    save_checkpoint(path, {"step": 2})
-    assert torch.load(path, weights_only=False) == {"step": 2}
-    assert not (tmp_path / "checkpoint.tmp").exists()
+    saver = subprocess.Popen([sys.executable, "-c", SAVE_FOREVER, str(path)], stdout=subprocess.PIPE, text=True)
+    while saver.stdout.readline().strip() != "1":  # torchrl logs to stdout too
+        assert saver.poll() is None, "the saving process died"
+    time.sleep(delay)  # one complete checkpoint; the next save is under way
+    saver.send_signal(signal.SIGKILL)
+    saver.wait()
+
+    state = torch.load(path, weights_only=False)
+    assert state["step"] >= 1
+    expected = filled_buffer()
+    restored = filled_buffer()
+    restored.empty()
+    load_replay_buffer(restored, path, state)
+    assert len(restored) == len(expected) and restored._newest_time == expected._newest_time
+    assert (restored.storage[:] == expected.storage[:]).all()
 
 
 @pytest.mark.parametrize("override,pattern", [
