@@ -19,6 +19,7 @@ from tensordict.nn import CudaGraphModule
 from torchrl._utils import compile_with_warmup, timeit
 from torchrl.record.loggers import generate_exp_name
 
+from contrastive_rl.distributed import average_gradients, broadcast_from_rank_zero, init_distributed
 from contrastive_rl.envs import ConfigError, NonFiniteError
 from utils import (
     CHECKPOINT_FILE,
@@ -44,6 +45,7 @@ from utils import (
     make_target_updater,
     make_train_environment,
     make_video_environment,
+    rank_config,
     record_video,
     report_time_shares,
     restart_episodes,
@@ -61,27 +63,34 @@ METRIC_KEYS = ("alpha", "entropy", "logits_accuracy", "logits_positive", "logits
 
 @hydra.main(version_base="1.1", config_path="", config_name="config")
 def main(cfg: "DictConfig"):  # noqa: F821
+    # Under torchrun, one process per device; rank 0 alone logs, evaluates and checkpoints.
+    rank, world_size = init_distributed()
+    is_main = rank == 0
     try:
-        env_name = validate_config(cfg)
+        env_name = validate_config(cfg, world_size)
         offline_data = load_offline_data(cfg, env_name) if cfg.offline.dataset else None
         resume_from = find_checkpoint(cfg)
         resumed = load_checkpoint(cfg, resume_from) if resume_from else None
     except ConfigError as error:
         raise SystemExit(f"error: {error}") from None
+    rank_cfg = rank_config(cfg, rank, world_size)
     device = get_device(cfg)
-    torch.manual_seed(cfg.env.seed)
-    np.random.seed(cfg.env.seed)
+    torch.manual_seed(rank_cfg.env.seed)
+    np.random.seed(rank_cfg.env.seed)
 
     exp_name = resumed["exp_name"] if resumed else generate_exp_name("StableContrastiveRL", cfg.logger.exp_name)
-    logger = make_logger(cfg, exp_name)
+    logger = make_logger(cfg, exp_name) if is_main else None
 
     eval_env = make_eval_environment(cfg, env_name)
-    video_env = make_video_environment(cfg, env_name, logger)
+    video_env = make_video_environment(cfg, env_name, logger) if is_main else None
     actor, critic = make_agent(cfg, eval_env, device)
-    loss_module = make_loss_module(cfg, actor, critic)
+    loss_module = make_loss_module(cfg, actor, critic, world_size)
+    if world_size > 1:
+        broadcast_from_rank_zero(loss_module)
     optimizer = make_optimizer(cfg, loss_module)
+    trained_parameters = [p for group in optimizer.param_groups for p in group["params"]]
     target_updater = make_target_updater(cfg, loss_module)
-    replay_buffer = make_replay_buffer(cfg, device, offline_data)
+    replay_buffer = make_replay_buffer(rank_cfg, device, offline_data)
     augment = make_augmentation(cfg)
     stored_keys = data_keys(cfg).stored
     if resumed:
@@ -92,7 +101,6 @@ def main(cfg: "DictConfig"):  # noqa: F821
     def compute_gradients(batch: TensorDict) -> TensorDict:
         loss_td = loss_module(batch)
         sum(loss_td[key] for key in LOSS_KEYS).backward()
-        loss_td["grad_norm"] = gradient_norm(optimizer)
         return loss_td.detach()
 
     if cfg.compile.compile:
@@ -104,6 +112,9 @@ def main(cfg: "DictConfig"):  # noqa: F821
         """One gradient step; None when a non-finite loss or gradient skips the batch."""
         torch.compiler.cudagraph_mark_step_begin()
         loss_td = compute_gradients(batch).clone()
+        if world_size > 1:
+            average_gradients(trained_parameters, world_size)
+        loss_td["grad_norm"] = gradient_norm(optimizer)
         try:
             finite = check_finite(loss_td, (*LOSS_KEYS, "grad_norm"), where, cfg.optim.on_nonfinite)
         except NonFiniteError as error:
@@ -143,6 +154,8 @@ def main(cfg: "DictConfig"):  # noqa: F821
 
     def evaluate_policy(pbar, step: int) -> dict[str, float]:
         nonlocal evaluations
+        if not is_main:
+            return {}
         seed = cfg.env.seed + 10_000 + step
         with timeit("eval"):
             eval_metrics = evaluate(eval_env, actor, cfg.env.max_steps, seed=seed)
@@ -172,7 +185,7 @@ def main(cfg: "DictConfig"):  # noqa: F821
     # Offline: gradient steps on the dataset; the logging step counts gradient steps.
     offline_steps = cfg.offline.gradient_steps if offline_data is not None else 0
     if offline_steps:
-        with tqdm.tqdm(total=offline_steps, unit="updates") as pbar:
+        with tqdm.tqdm(total=offline_steps, unit="updates", disable=not is_main) as pbar:
             log_every = min(cfg.offline.eval_interval, 1000)
             while num_updates < offline_steps:
                 batch_updates = min(log_every, offline_steps - num_updates)
@@ -195,15 +208,17 @@ def main(cfg: "DictConfig"):  # noqa: F821
         update_credit = counters["update_credit"]
         next_eval = counters["next_eval"]
         next_checkpoint = counters["next_checkpoint"]
-        train_env = make_train_environment(cfg, env_name)
-        collector = make_collector(cfg, train_env, actor, device, collected_frames)
+        train_env = make_train_environment(rank_cfg, env_name)
+        collector = make_collector(rank_cfg, train_env, actor, device, collected_frames)
         if resumed:
             set_rng_state(resumed["rng"])
-        restart_episodes(cfg, collector, collected_frames)
+        restart_episodes(rank_cfg, collector, collected_frames)
         num_envs = cfg.collector.num_envs
         checkpointed_frames = collected_frames
 
         def checkpoint() -> None:
+            if not is_main:
+                return
             with timeit("checkpoint"):
                 save_checkpoint(checkpoint_path, {
                     "config": flat_config(cfg),
@@ -220,12 +235,14 @@ def main(cfg: "DictConfig"):  # noqa: F821
                     },
                 }, replay_buffer)
 
-        with tqdm.tqdm(total=cfg.collector.total_frames, initial=collected_frames, unit="frames") as pbar:
+        with tqdm.tqdm(
+            total=cfg.collector.total_frames, initial=collected_frames, unit="frames", disable=not is_main
+        ) as pbar:
             collector_iter = iter(collector)
             for _ in range(len(collector)):
                 with timeit("collect"):
                     batch = next(collector_iter)
-                frames = batch.numel()
+                frames = batch.numel() * world_size  # frame counts are global, as the config's
                 collected_frames += frames
                 pbar.update(frames)
 
@@ -255,7 +272,7 @@ def main(cfg: "DictConfig"):  # noqa: F821
                     # Episodes are cut here in every run, resumed or not, so both go on alike.
                     replay_buffer.end_episodes()
                     checkpoint()
-                    restart_episodes(cfg, collector, collected_frames)
+                    restart_episodes(rank_cfg, collector, collected_frames)
                     checkpointed_frames = collected_frames
         if checkpointed_frames != collected_frames:
             replay_buffer.end_episodes()
@@ -267,9 +284,12 @@ def main(cfg: "DictConfig"):  # noqa: F821
     for env in (eval_env, video_env):
         if env is not None and not env.is_closed:
             env.close()
-    report_time_shares(logger, time.perf_counter() - start_time, num_updates)
+    if is_main:
+        report_time_shares(logger, time.perf_counter() - start_time, num_updates)
     if logger is not None:
         logger.close()  # flush while the working directory is still the run's
+    if world_size > 1:
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 networks, loss, optimizers, logger and evaluation."""
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import os
@@ -39,6 +40,7 @@ from torchrl._utils import timeit
 from torchrl.record import VideoRecorder
 from torchrl.record.loggers import get_logger
 
+from contrastive_rl.distributed import gather_batch
 from contrastive_rl.envs import (
     ConfigError,
     NonFiniteError,
@@ -67,6 +69,7 @@ log = logging.getLogger(__name__)
 
 LOGGER_BACKENDS = ("wandb", "tensorboard", "csv", "")
 VIDEO_FPS = 25
+RANK_SEED_STRIDE = 100_003  # env seeds of data-parallel ranks, far apart from each other
 POLICIES = ("tanh_normal", "fixed_std_normal")
 GOAL_KEY = "desired_goal"
 
@@ -100,8 +103,9 @@ def data_keys(cfg) -> DataKeys:
 # -------------
 
 
-def validate_config(cfg) -> str:
-    """Check the config before anything starts; return the env id to use.
+def validate_config(cfg, world_size: int = 1) -> str:
+    """Check the config before anything starts; return the env id to use. ``world_size``: the
+    processes of a data-parallel run (torchrun), which share the global sizes.
 
     Raises ConfigError with one line naming the key, its value and what is allowed.
     """
@@ -208,6 +212,8 @@ def validate_config(cfg) -> str:
         raise ConfigError(
             f"compile.cudagraphs=true is not allowed on device {str(device)!r}: CUDA graphs need a GPU"
         )
+    if world_size > 1:
+        validate_data_parallel(cfg, world_size)
     env_name = resolve_env_name(cfg.env.env_name)
     env = gym.make(env_name)
     try:
@@ -235,10 +241,50 @@ def validate_config(cfg) -> str:
     return env_name
 
 
+def validate_data_parallel(cfg, world_size: int) -> None:
+    step = world_size * cfg.collector.num_envs
+    divisible = {
+        "buffer.batch_size": (cfg.buffer.batch_size, world_size, "the world size"),
+        "collector.frames_per_batch": (cfg.collector.frames_per_batch, step, "world size x collector.num_envs"),
+    }
+    for key, (value, divisor, name) in divisible.items():
+        if value % divisor:
+            raise ConfigError(
+                f"{key}={value} is not allowed with {world_size} processes: it must be a multiple of {name} ({divisor})"
+            )
+    if cfg.checkpoint.resume:
+        raise ConfigError(
+            f"checkpoint.resume={cfg.checkpoint.resume!r} is not allowed with {world_size} processes: "
+            "rank 0 alone checkpoints, so a data-parallel run does not resume"
+        )
+    if cfg.compile.cudagraphs:
+        raise ConfigError(f"compile.cudagraphs=true is not allowed with {world_size} processes: "
+                          "the update's collectives cannot be captured")
+
+
 def get_device(cfg) -> torch.device:
+    """``device``, or the GPU of this process (torchrun's LOCAL_RANK, else 0) when there is one."""
     if cfg.device:
         return torch.device(cfg.device)
-    return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        return torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}")
+    return torch.device("cpu")
+
+
+def rank_config(cfg, rank: int, world_size: int):
+    """This process's share of a data-parallel run. ``buffer.batch_size``, ``buffer.size`` and the
+    ``collector`` frame counts are global: each rank samples, stores and collects its 1/world_size of
+    them, with its envs seeded apart (rank 0 keeps ``env.seed``). A world of one gets ``cfg`` itself."""
+    if world_size == 1:
+        return cfg
+    local = copy.deepcopy(cfg)
+    local.buffer.batch_size //= world_size
+    local.buffer.size //= world_size
+    local.collector.frames_per_batch //= world_size
+    local.collector.total_frames //= world_size
+    local.collector.init_random_frames //= world_size
+    local.env.seed += RANK_SEED_STRIDE * rank
+    return local
 
 
 # ====================================================================
@@ -470,7 +516,7 @@ def make_agent(cfg, env, device) -> tuple[ProbabilisticActor, ContrastiveCritic]
 # -------------------
 
 
-def make_loss_module(cfg, actor, critic) -> ContrastiveLoss:
+def make_loss_module(cfg, actor, critic, world_size: int = 1) -> ContrastiveLoss:
     keys = data_keys(cfg)
     target_entropy = cfg.loss.target_entropy
     if target_entropy == "auto":
@@ -492,6 +538,7 @@ def make_loss_module(cfg, actor, critic) -> ContrastiveLoss:
         target_entropy=target_entropy,
         random_goal_fraction=cfg.loss.random_goal_fraction,
         use_state=keys.state is not None,
+        gather_batch=gather_batch if world_size > 1 else None,
     )
     loss_module.set_keys(
         observation=keys.observation,

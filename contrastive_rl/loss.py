@@ -7,6 +7,7 @@ Critic losses: ``infonce`` (Stable Contrastive RL, default), ``symmetric_infonce
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -121,6 +122,8 @@ class ContrastiveLoss(LossModule):
         target_entropy: target for the auto-tuned alpha.
         random_goal_fraction: share of the actor's rows that get another row's goal.
         use_state: read the proprioceptive ``state`` key beside the (image) observation.
+        gather_batch: data-parallel training: ``(tensor, dim) ->`` every rank's tensors concatenated
+            along ``dim``, differentiable; the critic's logits then span the global batch.
     """
 
     @dataclass
@@ -187,6 +190,7 @@ class ContrastiveLoss(LossModule):
         target_entropy: float = 0.0,
         random_goal_fraction: float = 0.0,
         use_state: bool = False,
+        gather_batch: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
     ) -> None:
         if contrastive not in CONTRASTIVE_LOSSES:
             raise ValueError(f"unknown contrastive loss {contrastive!r}: use one of {', '.join(CONTRASTIVE_LOSSES)}")
@@ -213,6 +217,7 @@ class ContrastiveLoss(LossModule):
             self.log_alpha = nn.Parameter(torch.tensor(math.log(alpha_init), device=device))
         else:
             self.register_buffer("fixed_alpha", torch.tensor(float(alpha_init), device=device))
+        self.gather_batch = gather_batch
         log_temperature = torch.tensor(math.log(temperature), device=device)
         if learn_temperature:
             self.log_temperature = nn.Parameter(log_temperature)
@@ -254,7 +259,7 @@ class ContrastiveLoss(LossModule):
 
         with self.critic_network_params.to_module(self.critic_network):
             state_action_repr, goal_repr = self.critic_network(observation, action, goal, state)
-        logits = pairwise_energy(state_action_repr, goal_repr, self.energy, self.temperature)
+        logits = pairwise_energy(*self._global_batch(state_action_repr, goal_repr), self.energy, self.temperature)
         if self.contrastive == "td":
             loss_critic = self._td_loss(tensordict, goal, state_action_repr, goal_repr)
         elif self.contrastive == "infonce":
@@ -288,6 +293,14 @@ class ContrastiveLoss(LossModule):
             logits_positive=diagonal.mean(),
             logits_negative=negative.mean(),
         )
+
+    def _global_batch(self, state_action_repr: torch.Tensor, goal_repr: torch.Tensor):
+        """Under data-parallel training, every rank's representations, so that the logits are the
+        global batch's (global B x global B, all negatives); else this batch's. The td loss pairs each
+        row with one other row of its own rank's batch and needs no gathering."""
+        if self.gather_batch is None or self.contrastive == "td":
+            return state_action_repr, goal_repr
+        return self.gather_batch(state_action_repr, 1), self.gather_batch(goal_repr, 1)
 
     def _td_loss(self, tensordict, goal, state_action_repr, goal_repr) -> torch.Tensor:
         next_observation = tensordict.get(self.tensor_keys.next_observation)
