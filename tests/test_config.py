@@ -120,6 +120,8 @@ def test_script_reports_bad_input_in_one_line(tmp_path):
                         "model.use_layer_norm": False, "model.cold_init": False, "buffer.batch_size": 256,
                         "loss.random_goal_fraction": 0.5}),
         ("config_quick", {"model.hidden_dim": 256, "buffer.batch_size": 256, "loss.auto_alpha": True}),
+        ("config_pixels", {"env.from_pixels": True, "env.image_size": 48, "model.hidden_dim": 256,
+                           "model.cold_init": False, "loss.logsumexp_coef": 0.1}),
     ],
 )
 def test_presets_compose_and_validate(config_name, expected):
@@ -129,7 +131,7 @@ def test_presets_compose_and_validate(config_name, expected):
         cfg = compose(config_name=config_name)
     for key, value in expected.items():
         assert lookup(cfg, key) == value, key
-    assert validate_config(cfg) == "FetchReach-v4"
+    assert validate_config(cfg) == cfg.env.env_name
 
 
 def test_cudagraphs_need_a_gpu(make_cfg):
