@@ -230,14 +230,14 @@ def validate_config(cfg, world_size: int = 1) -> str:
             raise ConfigError(
                 f"env.image_size={cfg.env.image_size!r} is not allowed: the encoder needs at least 36 pixels"
             )
-    for key in ("env.from_pixels", "logger.video_every"):
-        value = OmegaConf.select(cfg, key)
-        error = rendering_error(env_name) if value else ""
-        if error:
-            raise ConfigError(
-                f"{key}={value} is not allowed here: {env_name} cannot render offscreen ({error}); "
-                "see the README's Images section"
-            )
+    rendering_keys = [key for key in ("env.from_pixels", "logger.video_every") if OmegaConf.select(cfg, key)]
+    error = rendering_error(env_name) if rendering_keys else ""  # one probe: it opens a GL context
+    if error:
+        key = rendering_keys[0]
+        raise ConfigError(
+            f"{key}={OmegaConf.select(cfg, key)} is not allowed here: {env_name} cannot render offscreen "
+            f"({error}); see the README's Images section"
+        )
     return env_name
 
 

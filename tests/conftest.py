@@ -41,16 +41,11 @@ def make_cfg():
 def rendering_unavailable() -> str:
     """Empty if MuJoCo can render offscreen here, else why not."""
     from contrastive_rl.envs import register_goal_envs
-    from contrastive_rl.pixels import make_pixel_gym_env
+    from contrastive_rl.pixels import rendering_error
 
     register_goal_envs()
-    try:
-        env = make_pixel_gym_env("PointMaze_UMaze-v3", 5, 48)
-        env.reset(seed=0)
-        env.close()
-    except Exception as error:  # no GL library, no EGL device, ...
-        return f"no offscreen MuJoCo rendering ({type(error).__name__}: {error}); see the README's Images section"
-    return ""
+    error = rendering_error("PointMaze_UMaze-v3")
+    return f"no offscreen MuJoCo rendering ({error}); see the README's Images section" if error else ""
 
 
 needs_rendering = pytest.mark.skipif(bool(rendering_unavailable()), reason=rendering_unavailable() or "rendering works")
