@@ -30,6 +30,7 @@ from utils import (
     flat_config,
     get_device,
     gradient_norm,
+    keep_freed_heap_memory,
     load_checkpoint,
     load_replay_buffer,
     load_offline_data,
@@ -75,6 +76,7 @@ def main(cfg: "DictConfig"):  # noqa: F821
         raise SystemExit(f"error: {error}") from None
     rank_cfg = rank_config(cfg, rank, world_size)
     device = get_device(cfg)
+    keep_freed_heap_memory()
     torch.manual_seed(rank_cfg.env.seed)
     np.random.seed(rank_cfg.env.seed)
 

@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -59,14 +60,11 @@ def sampling_against_update(repeats: int) -> tuple[float, float]:
         },
         batch_size=[1, steps],
     ))
-    buffer.sample()
-    sample_ms = median_ms(buffer.sample, repeats, 20, torch.device("cpu"))
     cfg = load_cfg([])
     batch = random_batch(2048, torch.device("cpu"))
     update = project_update(cfg, torch.device("cpu"))
-    update(batch)
-    update_ms = median_ms(lambda: update(batch), repeats, 2, torch.device("cpu"))
-    return sample_ms, update_ms
+    ms = median_ms({"sample": buffer.sample, "update": partial(update, batch)}, repeats, 2, torch.device("cpu"))
+    return ms["sample"], ms["update"]
 
 
 def main() -> None:

@@ -1,15 +1,18 @@
-"""Gradient-update throughput against a matmul roofline and against a naive update, measured in one run.
+"""Gradient-update throughput against a matmul roofline and against naive updates, measured in one run.
 
-    python benchmarks/update_throughput.py [--repeats 5] [--updates 5] [--compile]
+    python benchmarks/update_throughput.py [--repeats 5] [--updates 5] [--compile] [--sizes paper quick]
 
 For the paper size (batch 2048, 4 x 1024, embed 64) and the quick CPU size, twin critics on and off,
 prints: ms per full update (critic + actor + Adam), the FLOPs of that update counted from the layer
 shapes, the GFLOP/s achieved, and the ratio to the roofline, a float32 torch.matmul of the dominant
-shape (2048 x 1024 by 1024 x 1024) timed in the same run with the same threads. Then the ratio of the
-project's update to a naive one (the same maths in plain eager PyTorch: separate modules, the twin
-critics one after the other, the whole critic recomputed for the actor, three optimizers). With
-``--compile`` it also times the torch.compile'd update, compile time included. GPU rows are skipped on
-a machine without CUDA.
+shape (2048 x 1024 by 1024 x 1024) with the same threads. Then the ratio of a naive update's time to
+the project's: the same maths in plain eager PyTorch as the released stable-CRL trainer writes it
+(separate modules, the twin critics one after the other, the whole critic recomputed for the actor
+with its weight gradients computed and dropped, three optimizers), and a careful variant that freezes
+the critic's weights for the actor's pass. With ``--compile`` it also times the torch.compile'd
+update, compile time included. Each row times its candidates in alternation, round after round, so
+that a slow spell of the machine hits them all; the figures are medians over rounds. GPU rows are
+skipped on a machine without CUDA.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import argparse
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -29,7 +33,7 @@ from torchrl.data import Bounded, Composite, Unbounded
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from utils import make_agent, make_loss_module, make_optimizer  # noqa: E402
+from utils import keep_freed_heap_memory, make_agent, make_loss_module, make_optimizer  # noqa: E402
 
 OBSERVATION_DIM, GOAL_DIM, ACTION_DIM = 10, 3, 4  # FetchReach
 LOSS_KEYS = ("loss_critic", "loss_actor", "loss_alpha")
@@ -54,18 +58,24 @@ def random_batch(batch_size: int, device) -> TensorDict:
     ).to(device)
 
 
-def median_ms(step, repeats: int, updates: int, device) -> float:
-    rounds = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(updates):
+def median_ms(steps: dict, repeats: int, updates: int, device, warmup_rounds: int = 2) -> dict:
+    """Median ms per call of each step, timed in alternation: ``updates`` calls of each step per round,
+    after ``warmup_rounds`` untimed rounds (the heap settles: the candidates' activations interleave)."""
+    rounds = {name: [] for name in steps}
+    for _ in range(warmup_rounds):
+        for step in steps.values():
             step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        rounds.append((time.perf_counter() - start) / updates * 1000)
-    return statistics.median(rounds)
+    for _ in range(repeats):
+        for name, step in steps.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(updates):
+                step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            rounds[name].append((time.perf_counter() - start) / updates * 1000)
+    return {name: statistics.median(times) for name, times in rounds.items()}
 
 
 def linear_flops(batch: int, widths: list[int]) -> int:
@@ -88,9 +98,16 @@ def update_flops(cfg) -> int:
 
 
 class NaiveUpdate:
-    """The same maths written plainly: separate modules, critics in turn, critic recomputed for the actor."""
+    """The same maths written plainly, as the released stable-CRL PyTorch trainer does it: separate
+    modules, critics in turn, three optimizers, and for the actor the whole critic recomputed (phi and
+    psi, the B x B logits' diagonal) with the critic's weights left trainable, so the actor's backward
+    also computes critic weight gradients that the critic's zero_grad then drops.
 
-    def __init__(self, cfg, device) -> None:
+    ``frozen_critic`` is the careful variant: the critic's weights stop requiring gradients during the
+    actor's pass and the actor reads paired inner products, not a B x B matrix.
+    """
+
+    def __init__(self, cfg, device, frozen_critic: bool = False) -> None:
         h, n, e = cfg.model.hidden_dim, cfg.model.num_layers, cfg.model.embed_dim
 
         def mlp(fan_in, fan_out, cold):
@@ -104,6 +121,7 @@ class NaiveUpdate:
             return nn.Sequential(*layers, last).to(device)
 
         critics = 2 if cfg.model.twin_critics else 1
+        self.frozen_critic = frozen_critic
         self.phis = [mlp(OBSERVATION_DIM + ACTION_DIM, e, True) for _ in range(critics)]
         self.psis = [mlp(GOAL_DIM, e, True) for _ in range(critics)]
         self.actor = mlp(OBSERVATION_DIM + GOAL_DIM, 2 * ACTION_DIM, False)
@@ -115,25 +133,29 @@ class NaiveUpdate:
 
     def __call__(self, batch: TensorDict) -> None:
         obs, action, goal = batch["observation"], batch["action"], batch["desired_goal"]
-        labels = torch.arange(obs.shape[0], device=obs.device)
-        for phi, psi, optimizer in zip(self.phis, self.psis, self.critic_optimizers):
-            logits = phi(torch.cat([obs, action], -1)) @ psi(goal).T
-            F.cross_entropy(logits, labels).backward()
-            optimizer.step()
-            optimizer.zero_grad()
         loc, scale = self.actor(torch.cat([obs, goal], -1)).chunk(2, -1)
         dist = torch.distributions.Normal(loc, F.softplus(scale) + 1e-4)
         new_action = torch.tanh(dist.rsample())
         values = []
         for phi, psi in zip(self.phis, self.psis):
-            for p in (*phi.parameters(), *psi.parameters()):
-                p.requires_grad_(False)
-            values.append((phi(torch.cat([obs, new_action], -1)) * psi(goal)).sum(-1))
-            for p in (*phi.parameters(), *psi.parameters()):
-                p.requires_grad_(True)
+            critic_params = [*phi.parameters(), *psi.parameters()]
+            if self.frozen_critic:
+                for p in critic_params:
+                    p.requires_grad_(False)
+                values.append((phi(torch.cat([obs, new_action], -1)) * psi(goal)).sum(-1))
+                for p in critic_params:
+                    p.requires_grad_(True)
+            else:
+                values.append(torch.diag(phi(torch.cat([obs, new_action], -1)) @ psi(goal).T))
+        self.actor_optimizer.zero_grad()
         (-torch.stack(values).min(0).values.mean()).backward()
         self.actor_optimizer.step()
-        self.actor_optimizer.zero_grad()
+        labels = torch.arange(obs.shape[0], device=obs.device)
+        for phi, psi, optimizer in zip(self.phis, self.psis, self.critic_optimizers):
+            optimizer.zero_grad()
+            logits = phi(torch.cat([obs, action], -1)) @ psi(goal).T
+            F.cross_entropy(logits, labels).backward()
+            optimizer.step()
 
 
 def project_update(cfg, device):
@@ -150,12 +172,15 @@ def project_update(cfg, device):
     return update
 
 
-def roofline_gflops(device, repeats: int) -> float:
+def matmul_step(device):
+    """The roofline's operation: a 2048 x 1024 by 1024 x 1024 float32 matmul, 2 * 2048 * 1024^2 FLOPs."""
     a = torch.randn(2048, 1024, device=device)
     b = torch.randn(1024, 1024, device=device)
     torch.matmul(a, b)
-    ms = median_ms(lambda: torch.matmul(a, b), repeats, 20, device)
-    return 2 * 2048 * 1024 * 1024 / (ms / 1000) / 1e9
+    return lambda: torch.matmul(a, b)
+
+
+MATMUL_GFLOP = 2 * 2048 * 1024 * 1024 / 1e9
 
 
 def main() -> None:
@@ -163,7 +188,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--updates", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd update")
+    parser.add_argument("--sizes", nargs="+", choices=("paper", "quick"), default=["paper", "quick"])
     args = parser.parse_args()
+    keep_freed_heap_memory()  # as the training script does
     devices = [torch.device("cpu")]
     if torch.cuda.is_available():
         devices.append(torch.device("cuda"))
@@ -174,36 +201,42 @@ def main() -> None:
         "quick": ["model.hidden_dim=256", "model.num_layers=2", "buffer.batch_size=256"],
     }
     for device in devices:
-        roofline = roofline_gflops(device, args.repeats)
         print(f"\n{device.type}: torch {torch.__version__}, {torch.get_num_threads()} threads, float32; "
-              f"matmul roofline 2048x1024x1024: {roofline:.0f} GFLOP/s")
+              f"roofline = matmul 2048x1024x1024, timed in each row")
         header = (f"{'size':<6} {'twin':<5} {'ms/update':>10} {'GFLOP/update':>13} {'GFLOP/s':>8} "
-                  f"{'/roofline':>9} {'naive ms':>9} {'naive/ours':>10}")
+                  f"{'roofline':>8} {'/roofline':>9} {'naive ms':>9} {'naive/ours':>10} "
+                  f"{'frozen ms':>9} {'frozen/ours':>11}")
         if args.compile:
             header += f" {'compiled ms':>11} {'compile s':>9} {'naive/compiled':>14}"
         print(header)
-        for size, overrides in sizes.items():
+        for size in args.sizes:
             for twin in (True, False):
-                cfg = load_cfg([*overrides, f"model.twin_critics={twin}"])
+                cfg = load_cfg([*sizes[size], f"model.twin_critics={twin}"])
                 torch.manual_seed(0)
                 batch = random_batch(cfg.buffer.batch_size, device)
-                update = project_update(cfg, device)
-                update(batch)
-                ours = median_ms(lambda: update(batch), args.repeats, args.updates, device)
-                naive_update = NaiveUpdate(cfg, device)
-                naive_update(batch)
-                naive = median_ms(lambda: naive_update(batch), args.repeats, args.updates, device)
-                gflop = update_flops(cfg) / 1e9
-                achieved = gflop / (ours / 1000)
-                row = (f"{size:<6} {str(twin):<5} {ours:>10.1f} {gflop:>13.1f} {achieved:>8.0f} "
-                       f"{achieved / roofline:>9.2f} {naive:>9.1f} {naive / ours:>10.2f}")
+                steps = {"matmul": matmul_step(device)}
+                for name, update in (
+                    ("ours", project_update(cfg, device)),
+                    ("naive", NaiveUpdate(cfg, device)),
+                    ("frozen", NaiveUpdate(cfg, device, frozen_critic=True)),
+                ):
+                    steps[name] = partial(update, batch)
                 if args.compile:
                     compiled = torch.compile(project_update(cfg, device))
                     start = time.perf_counter()
                     compiled(batch)
                     compile_seconds = time.perf_counter() - start
-                    compiled_ms = median_ms(lambda: compiled(batch), args.repeats, args.updates, device)
-                    row += f" {compiled_ms:>11.1f} {compile_seconds:>9.0f} {naive / compiled_ms:>14.2f}"
+                    steps["compiled"] = partial(compiled, batch)
+                ms = median_ms(steps, args.repeats, args.updates, device)
+                roofline = MATMUL_GFLOP / (ms["matmul"] / 1000)
+                gflop = update_flops(cfg) / 1e9
+                achieved = gflop / (ms["ours"] / 1000)
+                row = (f"{size:<6} {str(twin):<5} {ms['ours']:>10.1f} {gflop:>13.1f} {achieved:>8.0f} "
+                       f"{roofline:>8.0f} {achieved / roofline:>9.2f} {ms['naive']:>9.1f} "
+                       f"{ms['naive'] / ms['ours']:>10.2f} {ms['frozen']:>9.1f} {ms['frozen'] / ms['ours']:>11.2f}")
+                if args.compile:
+                    row += (f" {ms['compiled']:>11.1f} {compile_seconds:>9.0f} "
+                            f"{ms['naive'] / ms['compiled']:>14.2f}")
                 print(row)
 
 

@@ -124,6 +124,29 @@ def test_actor_loss_leaves_critic_unchanged(make_cfg):
     assert not (loss_module.actor_network_params == actor_before).all()
 
 
+def graph_leaves(output: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors whose gradients a backward pass from ``output`` computes."""
+    leaves, seen, stack = [], set(), [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if hasattr(node, "variable"):
+            leaves.append(node.variable)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return leaves
+
+
+def test_actor_loss_computes_no_critic_weight_gradients(make_cfg):
+    """The critic's weights are constants in the actor loss: backward must not compute their
+    gradients (even ones thrown away), which would cost a third of the actor's critic pass."""
+    _, loss_module = make_loss(make_cfg, "model.twin_critics=true")
+    leaves = graph_leaves(loss_module(make_batch())["loss_actor"])
+    actor_params = list(loss_module.actor_network_params.values(True, True))
+    assert {id(leaf) for leaf in leaves} == {id(param) for param in actor_params}
+
+
 def test_actor_loss_uses_min_over_critics_and_other_rows_goals(make_cfg):
     _, loss_module = make_loss(make_cfg, "model.twin_critics=true", "loss.random_goal_fraction=0.25")
     batch = make_batch(8)
