@@ -53,6 +53,7 @@ from utils import (
     rng_state,
     save_checkpoint,
     set_rng_state,
+    skip_missing_pandas_lookups,
     train_episode_metrics,
     trains_online,
     validate_config,
@@ -77,6 +78,7 @@ def main(cfg: "DictConfig"):  # noqa: F821
     rank_cfg = rank_config(cfg, rank, world_size)
     device = get_device(cfg)
     keep_freed_heap_memory()
+    skip_missing_pandas_lookups()
     torch.manual_seed(rank_cfg.env.seed)
     np.random.seed(rank_cfg.env.seed)
 

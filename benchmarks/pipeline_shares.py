@@ -7,14 +7,14 @@
    logging, from TorchRL's ``timeit`` (the run logs them as ``time_share/*``).
 2. Goal sampling of a 2048 batch from a 100k-transition buffer (future-goal relabelling included)
    against one update at the paper size, same machine, same run.
-3. Env stepping through the project's TorchRL env against raw gymnasium, FetchReach, random actions.
+3. Env stepping through the project's TorchRL env and collector against raw gymnasium, FetchReach,
+   the same uniform random actions (see collection_speed.py).
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,10 +27,11 @@ from tensordict import TensorDict
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.collection_speed import raw_steps_per_second, torchrl_steps_per_second  # noqa: E402
+from benchmarks.collection_speed import compare  # noqa: E402
 from benchmarks.update_throughput import load_cfg, median_ms, project_update, random_batch  # noqa: E402
 from contrastive_rl.envs import register_goal_envs  # noqa: E402
 from contrastive_rl.replay import FutureGoalReplayBuffer  # noqa: E402
+from utils import skip_missing_pandas_lookups  # noqa: E402
 
 
 def run_shares(frames: int) -> dict[str, float]:
@@ -83,14 +84,11 @@ def main() -> None:
           f"{update_ms:.0f} ms; sampling / update = {sample_ms / update_ms:.2%}")
 
     register_goal_envs()
-    import gymnasium as gym
-
-    raw = statistics.median(
-        raw_steps_per_second(lambda: gym.make("FetchReach-v4", max_episode_steps=50), 2000) for _ in range(args.repeats)
-    )
-    wrapped = statistics.median(torchrl_steps_per_second("FetchReach-v4", 50, 2000) for _ in range(args.repeats))
-    print(f"3. FetchReach steps/s: raw gymnasium {raw:.0f}, TorchRL env {wrapped:.0f}; overhead {raw / wrapped:.2f}x")
-
+    skip_missing_pandas_lookups()  # as the training script does
+    for num_envs in (1, 4):
+        raw, wrapped = compare("FetchReach-v4", 50, None, "uniform", num_envs, 2000, args.repeats)
+        print(f"3. FetchReach steps/s, uniform random actions: raw gymnasium {raw:.0f} (one env), the project's "
+              f"{num_envs} env(s) through TorchRL's Collector {wrapped:.0f}; overhead {raw / wrapped:.2f}x")
 
 if __name__ == "__main__":
     main()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 
 import gymnasium as gym
@@ -78,15 +79,20 @@ class SuccessInfoReader(BaseInfoDictReader):
 
     torchrl's default reader cannot serve here: Fetch reports ``is_success`` as a float and leaves it out
     of the reset info, and the mazes report ``success`` as a Python bool, which it fails to convert.
+    For a vector env of ``batch_size`` envs, ``info`` holds one flag per env.
     """
 
     info_keys = ("is_success", "success")
 
+    def __init__(self, batch_size: tuple[int, ...] = ()) -> None:
+        self.shape = (*batch_size, 1)
+
     def __call__(self, info_dict, tensordict):
         value = next((info_dict[key] for key in self.info_keys if key in info_dict), False)
-        tensordict.set("success", torch.as_tensor(np.asarray(value, dtype=bool)).reshape(1))
+        flags = np.broadcast_to(np.asarray(value, dtype=bool).reshape(-1), (math.prod(self.shape),))
+        tensordict.set("success", torch.tensor(flags.reshape(self.shape)))
         return tensordict
 
     @property
     def info_spec(self) -> Composite:
-        return Composite(success=Binary(n=1, shape=(1,), dtype=torch.bool), shape=())
+        return Composite(success=Binary(n=1, shape=self.shape, dtype=torch.bool), shape=self.shape[:-1])

@@ -1,8 +1,10 @@
 """Goal environments through TorchRL: specs, success flags, evaluation metrics."""
+import numpy as np
 import pytest
 import torch
 
-from utils import apply_env_transforms, env_maker, episode_metrics
+from conftest import needs_rendering
+from utils import apply_env_transforms, env_maker, episode_metrics, vector_env_maker
 
 
 @pytest.mark.parametrize(
@@ -27,6 +29,67 @@ def test_goal_env_reads_success_flag(env_name, obs_dim, goal_dim):
     assert rollout["next", "success"].shape == (5, 1)
     assert rollout["next", "truncated"][-1].item() and not rollout["next", "done"][:-1].any()
     env.close()
+
+
+@pytest.mark.parametrize(
+    "env_name,image_size",
+    [("FetchReach-v4", None), ("PointMaze_UMaze-v3", None), pytest.param("PointMaze_UMaze-v3", 48, marks=needs_rendering)],
+    ids=["FetchReach", "PointMaze", "PointMaze-pixels"],
+)
+def test_vector_env_steps_each_env_as_a_single_env_would(env_name, image_size):
+    """Through several episodes (TorchRL resetting the finished envs of the vector env), env i of a
+    vector env seeded s sees what a single env seeded s + i sees under the same actions; with images,
+    each env renders its own scene while the others render theirs."""
+    steps, max_steps, num_envs = 13, 5, 2
+    pixels = {"from_pixels": image_size is not None, "image_size": image_size or 64}
+    action_dim = 4 if env_name.startswith("Fetch") else 2
+    actions = torch.rand(num_envs, steps, action_dim, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    vector_env = apply_env_transforms(vector_env_maker(env_name, max_steps, num_envs, **pixels))
+    vector_env.set_seed(7)
+    vector_rollout = replay(vector_env, actions)
+    keys = ["observation", "desired_goal", ("next", "observation"), ("next", "done"), ("next", "success"),
+            ("next", "episode_reward")]
+    if image_size:
+        keys += ["pixels", "goal_pixels", ("next", "pixels")]
+        frames = vector_rollout["next", "pixels"]
+        assert (frames[:, 1:] != frames[:, :-1]).flatten(2).any(-1).all(), "every step must draw a new frame"
+    for index in range(num_envs):
+        single_env = apply_env_transforms(env_maker(env_name, max_steps, **pixels))
+        single_env.set_seed(7 + index)
+        single_rollout = replay(single_env, actions[index])
+        for key in keys:
+            torch.testing.assert_close(vector_rollout[index][key], single_rollout[key], msg=f"env {index}, {key}")
+        single_env.close()
+    assert vector_rollout["next", "done"].squeeze(-1).sum(-1).tolist() == [2, 2]
+    vector_env.close()
+
+
+def replay(env, actions):
+    """Step ``env`` through ``actions`` (time on the second-to-last dimension)."""
+    steps = actions.shape[-2]
+    iterator = iter(actions.unbind(-2))
+    return env.rollout(steps, policy=lambda td: td.set("action", next(iterator)), break_when_any_done=False)
+
+
+@pytest.mark.parametrize(
+    "batch_size,info,expected",
+    [
+        ((), {"is_success": 1.0}, [True]),
+        ((), {"success": False}, [False]),
+        ((2,), {"is_success": np.array([0.0, 1.0]), "_is_success": np.array([True, True])}, [[False], [True]]),
+        ((3,), {"success": np.array([True, False, True])}, [[True], [False], [True]]),
+        ((2,), {}, [[False], [False]]),
+    ],
+)
+def test_success_reader_gives_one_flag_per_env(batch_size, info, expected):
+    from tensordict import TensorDict
+
+    from contrastive_rl.envs import SuccessInfoReader
+
+    reader = SuccessInfoReader(batch_size)
+    flags = reader(info, TensorDict(batch_size=batch_size))["success"]
+    assert flags.dtype == torch.bool and flags.tolist() == expected
+    assert reader.info_spec["success"].shape == flags.shape
 
 
 def test_success_is_true_when_the_goal_is_reached():

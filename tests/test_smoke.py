@@ -19,6 +19,7 @@ def read_scalar(run_dir, name):
     [
         ["env.env_name=FetchReach-v3"],
         ["env.env_name=PointMaze_UMaze-v3", "env.max_steps=100", "collector.num_envs=2"],
+        ["collector.num_envs=2", "collector.worker_processes=true"],
         ["loss.contrastive=td", "model.policy=fixed_std_normal", "loss.bc_coef=0.05", "loss.energy=l2"],
         pytest.param(
             ["env.env_name=PointMaze_UMaze-v3", "env.max_steps=50", "env.from_pixels=true", "env.image_size=48",
@@ -26,7 +27,7 @@ def read_scalar(run_dir, name):
             marks=needs_rendering,
         ),
     ],
-    ids=["FetchReach", "PointMaze", "FetchReach-td", "PointMaze-pixels"],
+    ids=["FetchReach", "PointMaze", "FetchReach-worker-processes", "FetchReach-td", "PointMaze-pixels"],
 )
 def test_script_runs_end_to_end(tmp_path, env_overrides):
     result = subprocess.run(
