@@ -12,6 +12,7 @@ import random
 import shutil
 import sys
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -279,10 +280,10 @@ def keep_freed_heap_memory() -> None:
     A paper-size update frees a few hundred MB of activations at its end; with glibc's defaults the
     top of the heap is trimmed, and the next update page-faults the same memory back in (on 2 CPU
     cores 20-40k faults and 5-15% of the update's time, up to 150k faults and a third of it when
-    other allocations come in between). A trim threshold of 2 GiB keeps it. Setting
-    it turns off glibc's own raising of the mmap threshold, so that is set to its maximum, 32 MiB, or
-    every activation would be mapped and faulted afresh. A preloaded jemalloc or tcmalloc does the same
-    job but has to be installed and set before Python starts. Without glibc (macOS, musl) nothing changes.
+    other allocations come in between). A trim threshold of 2 GiB keeps it. Setting it turns off
+    glibc's own raising of the mmap threshold, so that is set to its maximum, 32 MiB, or every
+    activation would be mapped and faulted afresh. A preloaded jemalloc or tcmalloc does the same job
+    but has to be installed and set before Python starts. Without glibc (macOS, musl) nothing changes.
     """
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
@@ -338,6 +339,15 @@ def env_maker(env_name: str, max_steps: int, from_pixels: bool = False, image_si
     return env
 
 
+def gym_env_factory(
+    env_name: str, max_steps: int, from_pixels: bool = False, image_size: int = 64
+) -> Callable[[], gym.Env]:
+    """A function making one gymnasium env: the goal env, or its image version (``from_pixels``)."""
+    if from_pixels:
+        return functools.partial(make_pixel_gym_env, env_name, max_steps, image_size)
+    return functools.partial(gym.make, env_name, max_episode_steps=max_steps)
+
+
 def vector_env_maker(
     env_name: str, max_steps: int, num_envs: int, from_pixels: bool = False, image_size: int = 64
 ) -> GymWrapper:
@@ -346,10 +356,7 @@ def vector_env_maker(
     Autoreset is off because TorchRL resets finished envs itself; gymnasium's default would add a
     reset step to every episode."""
     register_goal_envs()
-    if from_pixels:
-        make = functools.partial(make_pixel_gym_env, env_name, max_steps, image_size)
-    else:
-        make = functools.partial(gym.make, env_name, max_episode_steps=max_steps)
+    make = gym_env_factory(env_name, max_steps, from_pixels, image_size)
     vector_env = gym.vector.SyncVectorEnv([make] * num_envs, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
     env = GymWrapper(vector_env)
     env.set_info_dict_reader(SuccessInfoReader(env.batch_size))

@@ -5,16 +5,15 @@
 One process, one thread. Both paths act with the same torch function: ``uniform`` draws actions with
 torch.rand, ``mlp`` is a config_quick-sized policy network (2 x 256, LayerNorm) mapping observation
 and goal to an action. The raw path calls gymnasium's step and that function in a plain loop, over
-one env or, for several, gymnasium's own SyncVectorEnv; the TorchRL path is what training runs: ``collector.num_envs`` envs in one in-process gymnasium vector
-env with the project's wrapper, transforms and success reader, stepped by TorchRL's Collector with the
-function as its policy. Steps/s count env steps (``envs`` of them per collector step). The overhead
+one env or, for several, gymnasium's own SyncVectorEnv; the TorchRL path is what training runs:
+``collector.num_envs`` envs in one in-process gymnasium vector env with the project's wrapper,
+transforms and success reader, stepped by TorchRL's Collector with the function as its policy. Steps/s count env steps (``envs`` of them per collector step). The overhead
 column is the raw loop's steps/s over the collector's, medians over ``--repeats`` runs each, the two
 paths alternating.
 """
 from __future__ import annotations
 
 import argparse
-import functools
 import gc
 import statistics
 import sys
@@ -33,8 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from contrastive_rl.envs import register_goal_envs  # noqa: E402
-from contrastive_rl.pixels import make_pixel_gym_env  # noqa: E402
-from utils import apply_env_transforms, skip_missing_pandas_lookups, vector_env_maker  # noqa: E402
+from utils import apply_env_transforms, gym_env_factory, skip_missing_pandas_lookups, vector_env_maker  # noqa: E402
 
 
 def make_policy(kind: str, observation_dim: int, goal_dim: int, action_dim: int):
@@ -109,10 +107,7 @@ def compare(
     """Median env steps/s of the raw gymnasium loop and of the project's collector over ``num_envs``
     envs (as training builds them: one in-process vector env), same env and policy."""
     from_pixels = image_size is not None
-    if from_pixels:
-        make_env = functools.partial(make_pixel_gym_env, env_name, max_steps, image_size)
-    else:
-        make_env = functools.partial(gym.make, env_name, max_episode_steps=max_steps)
+    make_env = gym_env_factory(env_name, max_steps, from_pixels, image_size or 64)
     torchrl_env = apply_env_transforms(vector_env_maker(env_name, max_steps, num_envs, from_pixels, image_size or 64))
     torchrl_env.set_seed(0)
     observation_key = "pixels" if from_pixels else "observation"
@@ -161,6 +156,7 @@ def main() -> None:
         images = f"{image_size}px" if image_size else "-"
         print(f"{env_name:<20} {images:>7} {policy_kind:>8} {num_envs:>5} {raw:>12.0f} {wrapped:>16.0f} "
               f"{raw / wrapped:>8.2f}x")
+
 
 if __name__ == "__main__":
     main()

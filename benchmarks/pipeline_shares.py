@@ -91,5 +91,6 @@ def main() -> None:
         print(f"3. FetchReach steps/s, uniform random actions: raw gymnasium {raw:.0f} (one env), the project's "
               f"{num_envs} env(s) through TorchRL's Collector {wrapped:.0f}; overhead {raw / wrapped:.2f}x")
 
+
 if __name__ == "__main__":
     main()
