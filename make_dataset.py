@@ -20,7 +20,8 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
-from contrastive_rl.envs import ConfigError, SuccessInfoReader, check_goal_observation_space, resolve_env_name
+from contrastive_rl.config import ConfigError
+from contrastive_rl.envs import SuccessInfoReader, check_goal_observation_space, resolve_env_name
 from contrastive_rl.offline import _datasets_path
 from contrastive_rl.pixels import make_pixel_gym_env, supports_image_goals
 from contrastive_rl.scripted import make_controller

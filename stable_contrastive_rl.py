@@ -7,34 +7,36 @@ in utils.py.
 """
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 import hydra
 import numpy as np
 import torch
-import tqdm
 from tensordict import TensorDict
 from tensordict.nn import CudaGraphModule
 from torchrl._utils import compile_with_warmup, timeit
 from torchrl.record.loggers import generate_exp_name
 
-from contrastive_rl.distributed import average_gradients, broadcast_from_rank_zero, init_distributed
-from contrastive_rl.envs import ConfigError, NonFiniteError
-from utils import (
+from contrastive_rl.checkpoint import (
     CHECKPOINT_FILE,
-    check_finite,
-    data_keys,
-    evaluate,
     find_checkpoint,
     flat_config,
-    get_device,
-    gradient_norm,
-    keep_freed_heap_memory,
     load_checkpoint,
     load_replay_buffer,
-    load_offline_data,
-    log_metrics,
+    restart_episodes,
+    save_checkpoint,
+)
+from contrastive_rl.config import ConfigError, get_device, rank_config, trains_online, validate_config
+from contrastive_rl.distributed import average_gradients, broadcast_from_rank_zero, init_distributed
+from contrastive_rl.envs import DataKeys, resolve_goal_env
+from contrastive_rl.evaluation import evaluate_and_record, log_metrics, report_time_shares, train_episode_metrics
+from contrastive_rl.nonfinite import NonFiniteError, check_finite
+from contrastive_rl.offline import load_offline_data
+from contrastive_rl.progress import ProgressBar, RunProgress, describe_plan, planned_updates
+from contrastive_rl.runtime import tune_runtime
+from utils import (
     make_agent,
     make_augmentation,
     make_collector,
@@ -46,21 +48,9 @@ from utils import (
     make_target_updater,
     make_train_environment,
     make_video_environment,
-    rank_config,
-    record_video,
-    report_time_shares,
-    restart_episodes,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-    skip_missing_pandas_lookups,
-    train_episode_metrics,
-    trains_online,
-    validate_config,
 )
 
-LOSS_KEYS = ("loss_critic", "loss_actor", "loss_alpha")
-METRIC_KEYS = ("alpha", "entropy", "logits_accuracy", "logits_positive", "logits_negative")
+log = logging.getLogger(__name__)
 
 
 @hydra.main(version_base="1.1", config_path="", config_name="config")
@@ -69,42 +59,46 @@ def main(cfg: "DictConfig"):  # noqa: F821
     rank, world_size = init_distributed()
     is_main = rank == 0
     try:
-        env_name = validate_config(cfg, world_size)
+        validate_config(cfg, world_size)
+        env_name = resolve_goal_env(cfg)
         offline_data = load_offline_data(cfg, env_name) if cfg.offline.dataset else None
-        resume_from = find_checkpoint(cfg)
-        resumed = load_checkpoint(cfg, resume_from) if resume_from else None
+        checkpoint_path = find_checkpoint(cfg)
+        checkpoint = load_checkpoint(cfg, checkpoint_path) if checkpoint_path else None
     except ConfigError as error:
         raise SystemExit(f"error: {error}") from None
     rank_cfg = rank_config(cfg, rank, world_size)
     device = get_device(cfg)
-    keep_freed_heap_memory()
-    skip_missing_pandas_lookups()
+    keys = DataKeys.from_config(cfg)
+    tune_runtime()
     torch.manual_seed(rank_cfg.env.seed)
     np.random.seed(rank_cfg.env.seed)
 
-    exp_name = resumed["exp_name"] if resumed else generate_exp_name("StableContrastiveRL", cfg.logger.exp_name)
+    progress = RunProgress.start(cfg)
+    if checkpoint:
+        progress.load_state_dict(checkpoint["progress"])
+    exp_name = checkpoint["exp_name"] if checkpoint else generate_exp_name("StableContrastiveRL", cfg.logger.exp_name)
     logger = make_logger(cfg, exp_name) if is_main else None
 
+    # Envs, networks, loss, optimizer, replay buffer
     eval_env = make_eval_environment(cfg, env_name)
     video_env = make_video_environment(cfg, env_name, logger) if is_main else None
-    actor, critic = make_agent(cfg, eval_env, device)
-    loss_module = make_loss_module(cfg, actor, critic, world_size)
+    actor, critic = make_agent(cfg, eval_env, keys, device)
+    loss_module = make_loss_module(cfg, actor, critic, keys, world_size)
     if world_size > 1:
         broadcast_from_rank_zero(loss_module)
     optimizer = make_optimizer(cfg, loss_module)
     trained_parameters = [p for group in optimizer.param_groups for p in group["params"]]
     target_updater = make_target_updater(cfg, loss_module)
-    replay_buffer = make_replay_buffer(rank_cfg, device, offline_data)
-    augment = make_augmentation(cfg)
-    stored_keys = data_keys(cfg).stored
-    if resumed:
-        loss_module.load_state_dict(resumed["loss_module"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        load_replay_buffer(replay_buffer, resume_from, resumed)
+    replay_buffer = make_replay_buffer(rank_cfg, keys, device, offline_data)
+    augment = make_augmentation(cfg, keys)
+    if checkpoint:
+        loss_module.load_state_dict(checkpoint["loss_module"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        load_replay_buffer(replay_buffer, checkpoint_path, checkpoint)
 
     def compute_gradients(batch: TensorDict) -> TensorDict:
         loss_td = loss_module(batch)
-        sum(loss_td[key] for key in LOSS_KEYS).backward()
+        sum(loss_td[key] for key in loss_module.loss_keys).backward()
         return loss_td.detach()
 
     if cfg.compile.compile:
@@ -118,178 +112,128 @@ def main(cfg: "DictConfig"):  # noqa: F821
         loss_td = compute_gradients(batch).clone()
         if world_size > 1:
             average_gradients(trained_parameters, world_size)
-        loss_td["grad_norm"] = gradient_norm(optimizer)
+        loss_td["grad_norm"] = torch.nn.utils.get_total_norm([p.grad for p in trained_parameters if p.grad is not None])
         try:
-            finite = check_finite(loss_td, (*LOSS_KEYS, "grad_norm"), where, cfg.optim.on_nonfinite)
+            finite = check_finite(loss_td, (*loss_module.loss_keys, "grad_norm"), where, cfg.optim.on_nonfinite)
         except NonFiniteError as error:
             raise SystemExit(f"error: {error}; run stopped before applying it") from None
-        if not finite:
-            optimizer.zero_grad(set_to_none=True)
-            return None
-        optimizer.step()
+        if finite:
+            optimizer.step()
+            if target_updater is not None:
+                target_updater.step()
         optimizer.zero_grad(set_to_none=True)
-        if target_updater is not None:
-            target_updater.step()
-        return loss_td
+        return loss_td if finite else None
 
-    skipped_updates = resumed["skipped_updates"] if resumed else 0
-
-    def train(num_updates: int, where: str) -> dict[str, float]:
-        nonlocal skipped_updates
+    def train(num_updates: int, where: str, pbar: ProgressBar) -> dict[str, float]:
+        """``num_updates`` updates on sampled batches; their mean losses and diagnostics."""
+        frames_left = cfg.collector.total_frames - progress.collected_frames if trains_online(cfg) else 0
+        seconds_per_frame = timeit.todict(percall=False).get("collect", 0.0) / max(progress.collected_frames, 1)
+        pbar.start_round(progress.num_updates, frames_left, seconds_per_frame)
         losses = []
         for index in range(num_updates):
             with timeit("rb - sample"):
-                sample = replay_buffer.sample()
+                batch = replay_buffer.sample()
                 if augment is not None:
-                    sample = augment(sample)
+                    batch = augment(batch)
             with timeit("update"):
-                loss_td = update(sample, f"update {index + 1} of {num_updates} {where}")
+                loss_td = update(batch, f"update {index + 1} of {num_updates} {where}")
             if loss_td is None:
-                skipped_updates += 1
+                progress.skipped_updates += 1
             else:
-                losses.append(loss_td.select(*LOSS_KEYS, *METRIC_KEYS))
-        metrics = {"train/skipped_updates": skipped_updates}
+                losses.append(loss_td.select(*loss_module.out_keys))
+            pbar.updated(progress.num_updates + index + 1)
+        progress.num_updates += num_updates
+        metrics = {"train/skipped_updates": progress.skipped_updates}
         if losses:
-            losses = torch.stack(losses).mean()
-            metrics.update({f"train/{key}": losses[key].item() for key in losses.keys()})
+            mean = torch.stack(losses).mean()
+            metrics.update({f"train/{key}": mean[key].item() for key in mean.keys()})
         return metrics
 
-    evaluations = resumed["evaluations"] if resumed else 0
-
-    def evaluate_policy(pbar, step: int) -> dict[str, float]:
-        nonlocal evaluations
-        if not is_main:
-            return {}
-        seed = cfg.env.seed + 10_000 + step
-        with timeit("eval"):
-            eval_metrics = evaluate(eval_env, actor, cfg.env.max_steps, seed=seed)
-        if video_env is not None and evaluations % cfg.logger.video_every == 0:
-            with timeit("video"):
-                record_video(video_env, actor, cfg.env.max_steps, seed=seed, step=step)
-        evaluations += 1
-        pbar.set_postfix(success=f"{eval_metrics['success_final']:.2f}")
-        return {f"eval/{key}": value for key, value in eval_metrics.items()}
-
-    num_updates = resumed["num_updates"] if resumed else 0
+    total_updates = planned_updates(cfg)
+    if is_main:
+        log.info(describe_plan(cfg, device, total_updates))
     start_time = time.perf_counter()
-
-    def progress_metrics() -> dict[str, float]:
-        elapsed = time.perf_counter() - start_time
-        return {
-            "train/updates_per_second": num_updates / elapsed,
-            "train/num_updates": num_updates,
-            "train/elapsed_seconds": elapsed,
-        }
-
-    def log(metrics: dict[str, float], step: int) -> None:
-        if logger is not None:
-            with timeit("logging"):
-                log_metrics(logger, {**metrics, **timeit.todict(prefix="time")}, step)
 
     # Offline: gradient steps on the dataset; the logging step counts gradient steps.
     offline_steps = cfg.offline.gradient_steps if offline_data is not None else 0
     if offline_steps:
-        with tqdm.tqdm(total=offline_steps, unit="updates", disable=not is_main) as pbar:
-            log_every = min(cfg.offline.eval_interval, 1000)
-            while num_updates < offline_steps:
-                batch_updates = min(log_every, offline_steps - num_updates)
-                metrics = train(batch_updates, f"after {num_updates} offline gradient steps")
-                num_updates += batch_updates
+        progress.restore_rng()
+        log_every = min(cfg.offline.eval_interval, 1000)
+        with ProgressBar(cfg, device, total_updates, total=offline_steps, unit="updates", disable=not is_main) as pbar:
+            while progress.num_updates < offline_steps:
+                batch_updates = min(log_every, offline_steps - progress.num_updates)
+                metrics = train(batch_updates, f"after {progress.num_updates} offline gradient steps", pbar)
                 pbar.update(batch_updates)
-                if num_updates % cfg.offline.eval_interval == 0 or num_updates == offline_steps:
-                    metrics.update(evaluate_policy(pbar, num_updates))
-                metrics.update(progress_metrics())
-                log(metrics, num_updates)
+                if is_main and (progress.num_updates % cfg.offline.eval_interval == 0
+                                or progress.num_updates == offline_steps):
+                    metrics.update(evaluate_and_record(cfg, eval_env, video_env, actor, progress.num_updates, progress))
+                    pbar.show_success(metrics["eval/success_final"], progress.num_updates)
+                metrics.update(progress.rates(time.perf_counter() - start_time))
+                log_metrics(logger, metrics, progress.num_updates)
 
     # Online: collect, store, update; the logging step counts env steps (after the offline steps).
     if trains_online(cfg):
-        checkpoint_path = Path.cwd() / CHECKPOINT_FILE
-        counters = resumed["counters"] if resumed else {
-            "collected_frames": 0, "update_credit": 0.0, "next_eval": cfg.logger.eval_interval,
-            "next_checkpoint": cfg.checkpoint.interval,
-        }
-        collected_frames = counters["collected_frames"]
-        update_credit = counters["update_credit"]
-        next_eval = counters["next_eval"]
-        next_checkpoint = counters["next_checkpoint"]
         train_env = make_train_environment(rank_cfg, env_name)
-        collector = make_collector(rank_cfg, train_env, actor, device, collected_frames)
-        if resumed:
-            set_rng_state(resumed["rng"])
-        restart_episodes(rank_cfg, collector, collected_frames)
-        num_envs = cfg.collector.num_envs
-        checkpointed_frames = collected_frames
-
-        def checkpoint() -> None:
-            if not is_main:
-                return
-            with timeit("checkpoint"):
-                save_checkpoint(checkpoint_path, {
-                    "config": flat_config(cfg),
-                    "exp_name": exp_name,
-                    "loss_module": loss_module.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "rng": rng_state(),
-                    "num_updates": num_updates,
-                    "skipped_updates": skipped_updates,
-                    "evaluations": evaluations,
-                    "counters": {
-                        "collected_frames": collected_frames, "update_credit": update_credit,
-                        "next_eval": next_eval, "next_checkpoint": next_checkpoint,
-                    },
-                }, replay_buffer)
-
-        with tqdm.tqdm(
-            total=cfg.collector.total_frames, initial=collected_frames, unit="frames", disable=not is_main
-        ) as pbar:
+        collector = make_collector(rank_cfg, train_env, actor, device, progress.collected_frames)
+        progress.restore_rng()
+        restart_episodes(rank_cfg, collector, progress.collected_frames)
+        with ProgressBar(cfg, device, total_updates, total=cfg.collector.total_frames,
+                         initial=progress.collected_frames, unit="frames", disable=not is_main) as pbar:
             collector_iter = iter(collector)
             for _ in range(len(collector)):
                 with timeit("collect"):
                     batch = next(collector_iter)
                 frames = batch.numel() * world_size  # frame counts are global, as the config's
-                collected_frames += frames
+                progress.collected_frames += frames
                 pbar.update(frames)
-
                 with timeit("rb - extend"):
-                    replay_buffer.extend(batch.reshape(num_envs, -1).select(*stored_keys))
+                    replay_buffer.extend(batch.reshape(cfg.collector.num_envs, -1).select(*keys.stored))
 
                 metrics = train_episode_metrics(batch)
-                if collected_frames >= cfg.collector.init_random_frames:
-                    update_credit += frames * cfg.optim.utd_ratio
-                    batch_updates = int(update_credit)
-                    update_credit -= batch_updates
-                    metrics.update(train(batch_updates, f"at env step {collected_frames}"))
-                    num_updates += batch_updates
+                if progress.collected_frames >= cfg.collector.init_random_frames:
+                    batch_updates = progress.credit_updates(frames, cfg.optim.utd_ratio)
+                    metrics.update(train(batch_updates, f"at env step {progress.collected_frames}", pbar))
                     collector.update_policy_weights_()
 
-                if collected_frames >= next_eval or collected_frames >= cfg.collector.total_frames:
-                    next_eval += cfg.logger.eval_interval
-                    metrics.update(evaluate_policy(pbar, collected_frames))
+                if (progress.collected_frames >= progress.next_eval
+                        or progress.collected_frames >= cfg.collector.total_frames):
+                    progress.next_eval += cfg.logger.eval_interval
+                    if is_main:
+                        metrics.update(evaluate_and_record(cfg, eval_env, video_env, actor, progress.collected_frames,
+                                                           progress))
+                        pbar.show_success(metrics["eval/success_final"], progress.num_updates)
 
-                metrics.update(progress_metrics())
-                metrics["train/frames_per_second"] = collected_frames / metrics["train/elapsed_seconds"]
-                metrics["train/collected_frames"] = collected_frames
-                log(metrics, offline_steps + collected_frames)
+                metrics.update(progress.rates(time.perf_counter() - start_time))
+                metrics["train/frames_per_second"] = progress.collected_frames / metrics["train/elapsed_seconds"]
+                metrics["train/collected_frames"] = progress.collected_frames
+                log_metrics(logger, metrics, offline_steps + progress.collected_frames)
 
-                if cfg.checkpoint.interval and collected_frames >= next_checkpoint:
-                    next_checkpoint += cfg.checkpoint.interval
-                    # Episodes are cut here in every run, resumed or not, so both go on alike.
+                # Checkpoint every checkpoint.interval env steps and at the end. Episodes are cut and
+                # restarted here in every run, resumed or not, so both go on alike.
+                interval_reached = cfg.checkpoint.interval and progress.collected_frames >= progress.next_checkpoint
+                if interval_reached:
+                    progress.next_checkpoint += cfg.checkpoint.interval
+                if interval_reached or progress.collected_frames >= cfg.collector.total_frames:
                     replay_buffer.end_episodes()
-                    checkpoint()
-                    restart_episodes(rank_cfg, collector, collected_frames)
-                    checkpointed_frames = collected_frames
-        if checkpointed_frames != collected_frames:
-            replay_buffer.end_episodes()
-            checkpoint()
-
+                    if is_main:
+                        with timeit("checkpoint"):
+                            save_checkpoint(Path.cwd() / CHECKPOINT_FILE, {
+                                "config": flat_config(cfg),
+                                "exp_name": exp_name,
+                                "loss_module": loss_module.state_dict(),
+                                "optimizer": optimizer.state_dict(),
+                                "progress": progress.state_dict(),
+                            }, replay_buffer)
+                    restart_episodes(rank_cfg, collector, progress.collected_frames)
         collector.shutdown()
         if not train_env.is_closed:
             train_env.close()
+
     for env in (eval_env, video_env):
         if env is not None and not env.is_closed:
             env.close()
     if is_main:
-        report_time_shares(logger, time.perf_counter() - start_time, num_updates)
+        report_time_shares(logger, time.perf_counter() - start_time, progress.num_updates)
     if logger is not None:
         logger.close()  # flush while the working directory is still the run's
     if world_size > 1:

@@ -31,7 +31,7 @@ from benchmarks.collection_speed import compare  # noqa: E402
 from benchmarks.update_throughput import load_cfg, median_ms, project_update, random_batch  # noqa: E402
 from contrastive_rl.envs import register_goal_envs  # noqa: E402
 from contrastive_rl.replay import FutureGoalReplayBuffer  # noqa: E402
-from utils import keep_freed_heap_memory, skip_missing_pandas_lookups  # noqa: E402
+from contrastive_rl.runtime import keep_freed_heap_memory, skip_missing_pandas_lookups  # noqa: E402
 
 
 def run_shares(frames: int) -> dict[str, float]:

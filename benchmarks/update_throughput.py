@@ -33,10 +33,11 @@ from torchrl.data import Bounded, Composite, Unbounded
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from utils import keep_freed_heap_memory, make_agent, make_loss_module, make_optimizer  # noqa: E402
+from contrastive_rl.envs import DataKeys  # noqa: E402
+from contrastive_rl.runtime import keep_freed_heap_memory  # noqa: E402
+from utils import make_agent, make_loss_module, make_optimizer  # noqa: E402
 
 OBSERVATION_DIM, GOAL_DIM, ACTION_DIM = 10, 3, 4  # FetchReach
-LOSS_KEYS = ("loss_critic", "loss_actor", "loss_alpha")
 
 
 class FetchReachSpecs:
@@ -161,13 +162,14 @@ class NaiveUpdate:
 def project_update(cfg, device, compile_gradients: bool = False):
     """The training script's update; with ``compile_gradients`` its loss and backward are
     torch.compile'd, as ``compile.compile=true`` does (the optimizer step stays eager)."""
-    actor, critic = make_agent(cfg, FetchReachSpecs(), device)
-    loss_module = make_loss_module(cfg, actor, critic)
+    keys = DataKeys.from_config(cfg)
+    actor, critic = make_agent(cfg, FetchReachSpecs(), keys, device)
+    loss_module = make_loss_module(cfg, actor, critic, keys)
     optimizer = make_optimizer(cfg, loss_module)
 
     def compute_gradients(batch: TensorDict) -> None:
         loss_td = loss_module(batch)
-        sum(loss_td[key] for key in LOSS_KEYS).backward()
+        sum(loss_td[key] for key in loss_module.loss_keys).backward()
 
     if compile_gradients:
         compute_gradients = torch.compile(compute_gradients)

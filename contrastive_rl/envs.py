@@ -1,28 +1,61 @@
-"""Goal environments: name resolution, goal checks and the success-flag reader."""
+"""Goal environments: name resolution and checks, where their data lives, the success-flag reader, and
+the gymnasium envs behind TorchRL's wrappers."""
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from torchrl.data import Binary, Composite
+from torchrl.envs import Compose, DoubleToFloat, RewardSum, TransformedEnv
 from torchrl.envs.gym_like import BaseInfoDictReader
+from torchrl.envs.libs.gym import GymEnv, GymWrapper
+
+from contrastive_rl.config import ConfigError
+from contrastive_rl.pixels import (
+    GOAL_PIXELS_KEY,
+    PIXELS_KEY,
+    make_pixel_gym_env,
+    rendering_error,
+    supports_image_goals,
+)
 
 log = logging.getLogger(__name__)
 
 GOAL_KEYS = ("observation", "achieved_goal", "desired_goal")
+GOAL_KEY = "desired_goal"
 _VERSIONED_ID = re.compile(r"^(?P<name>.+)-v(?P<version>\d+)$")
 
 
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message names the key, the value and what is allowed."""
+@dataclass(frozen=True)
+class DataKeys:
+    """Where the observation and the goal live: state vectors, or images with ``env.from_pixels``."""
 
+    observation: str
+    goal: str
+    achieved_goal: tuple  # the next state's, the source of hindsight goals
+    state: str | None = None  # proprioception beside an image observation
 
-class NonFiniteError(RuntimeError):
-    """A loss or gradient became NaN or infinite; the message names the update and the values."""
+    @classmethod
+    def from_config(cls, cfg) -> DataKeys:
+        if cfg.env.from_pixels:
+            state = "observation" if cfg.env.pixels_with_state else None
+            return cls(PIXELS_KEY, GOAL_PIXELS_KEY, ("next", PIXELS_KEY), state)
+        return cls("observation", GOAL_KEY, ("next", "achieved_goal"))
+
+    @property
+    def stored(self) -> tuple:
+        """What the loss and the goal relabelling read; the rest of a collected batch is not stored
+        (the goal itself is written at sampling time)."""
+        keys = (self.observation, "action", ("next", self.observation), self.achieved_goal, ("next", "done"))
+        return keys if self.state is None else (*keys, self.state, ("next", self.state))
 
 
 def register_goal_envs() -> None:
@@ -56,6 +89,36 @@ def resolve_env_name(env_name: str) -> str:
     resolved = f"{base}-v{versions[-1]}"
     log.warning("env.env_name=%s is not registered; using %s instead", env_name, resolved)
     return resolved
+
+
+def resolve_goal_env(cfg) -> str:
+    """The env id to use for ``env.env_name``, after checking that it has goals and, where the config
+    asks for them, image goals and offscreen rendering. Raises ConfigError naming the key."""
+    env_name = resolve_env_name(cfg.env.env_name)
+    env = gym.make(env_name)
+    try:
+        check_goal_observation_space(env_name, env.observation_space)
+    finally:
+        env.close()
+    if cfg.env.from_pixels:
+        if not supports_image_goals(env_name):
+            raise ConfigError(
+                f"env.from_pixels=true is not allowed with env.env_name={env_name!r}: image goals are "
+                "rendered for PointMaze_* envs only"
+            )
+        if not isinstance(cfg.env.image_size, int) or cfg.env.image_size < 36:
+            raise ConfigError(
+                f"env.image_size={cfg.env.image_size!r} is not allowed: the encoder needs at least 36 pixels"
+            )
+    rendering_keys = [key for key in ("env.from_pixels", "logger.video_every") if OmegaConf.select(cfg, key)]
+    error = rendering_error(env_name) if rendering_keys else ""  # one probe: it opens a GL context
+    if error:
+        key = rendering_keys[0]
+        raise ConfigError(
+            f"{key}={OmegaConf.select(cfg, key)} is not allowed here: {env_name} cannot render offscreen "
+            f"({error}); see the README's Images section"
+        )
+    return env_name
 
 
 def known_goal_env_families() -> set[str]:
@@ -96,3 +159,43 @@ class SuccessInfoReader(BaseInfoDictReader):
     @property
     def info_spec(self) -> Composite:
         return Composite(success=Binary(n=1, shape=self.shape, dtype=torch.bool), shape=self.shape[:-1])
+
+
+def env_maker(env_name: str, max_steps: int, from_pixels: bool = False, image_size: int = 64) -> GymEnv:
+    register_goal_envs()  # worker processes start with an empty gymnasium registry
+    if from_pixels:
+        env = GymWrapper(make_pixel_gym_env(env_name, max_steps, image_size))
+    else:
+        env = GymEnv(env_name, max_episode_steps=max_steps)
+    env.set_info_dict_reader(SuccessInfoReader())
+    return env
+
+
+def gym_env_factory(
+    env_name: str, max_steps: int, from_pixels: bool = False, image_size: int = 64
+) -> Callable[[], gym.Env]:
+    """A function making one gymnasium env: the goal env, or its image version (``from_pixels``)."""
+    if from_pixels:
+        return functools.partial(make_pixel_gym_env, env_name, max_steps, image_size)
+    return functools.partial(gym.make, env_name, max_episode_steps=max_steps)
+
+
+def vector_env_maker(
+    env_name: str, max_steps: int, num_envs: int, from_pixels: bool = False, image_size: int = 64
+) -> GymWrapper:
+    """``num_envs`` copies of the env in one gymnasium vector env, stepped in this process: one TorchRL
+    step (its tensordicts, specs and transforms) then serves all of them. Autoreset is off because
+    TorchRL resets finished envs itself; gymnasium's default would add a reset step to every episode."""
+    register_goal_envs()
+    make = gym_env_factory(env_name, max_steps, from_pixels, image_size)
+    vector_env = gym.vector.SyncVectorEnv([make] * num_envs, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+    env = GymWrapper(vector_env)
+    env.set_info_dict_reader(SuccessInfoReader(env.batch_size))
+    return env
+
+
+def apply_env_transforms(env) -> TransformedEnv:
+    """float32 observations and the episode return. Episode length is gymnasium's TimeLimit
+    (``max_episode_steps``): a StepCounter and an InitTracker on top would slow every step for entries
+    nothing reads."""
+    return TransformedEnv(env, Compose(DoubleToFloat(), RewardSum()))

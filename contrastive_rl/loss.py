@@ -86,6 +86,13 @@ def logsumexp_penalty(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits, dim=-1).pow(2).mean(-1)
 
 
+CRITIC_LOSSES = {
+    "infonce": infonce_loss,
+    "symmetric_infonce": symmetric_infonce_loss,
+    "binary_nce": binary_nce_loss,
+}
+
+
 class ContrastiveLoss(LossModule):
     """Contrastive critic and actor losses for goal-conditioned RL.
 
@@ -93,10 +100,8 @@ class ContrastiveLoss(LossModule):
     goal of row i (a future achieved goal of the same episode) is the positive, the other rows' goals are
     the negatives. Each critic's loss (plus ``logsumexp_coef`` * logsumexp^2) is summed over critics.
 
-    The ``td`` loss (C-learning) instead takes the next state's achieved goal as the positive and the
-    next row's goal g_r as the negative, and bootstraps: with p = sigmoid of the target critic at
-    (s', a' ~ pi(s', g_r), g_r), min over critics, and w = clip(p / (1 - p), 0, max_importance_weight),
-    loss = (1 - gamma) BCE(f(s, a, s'), 1) + gamma w BCE(f(s, a, g_r), 1) + BCE(f(s, a, g_r), 0).
+    The ``td`` critic loss (C-learning) is ``TDContrastiveLoss``; ``make_contrastive_loss`` picks the
+    class from the loss's name.
 
     The actor maximises the critic, min over critics, at its own action:
     ``alpha * log pi(a|s,g) - min_k f_k(s, a, g)``, a ~ pi reparameterised, mixed with behaviour cloning
@@ -108,18 +113,16 @@ class ContrastiveLoss(LossModule):
     Args:
         actor_network: a probabilistic actor reading ``observation`` and ``goal``.
         critic_network: the contrastive critic.
-        contrastive: critic loss, one of ``CONTRASTIVE_LOSSES``.
+        contrastive: critic loss, one of ``CRITIC_LOSSES`` (for ``td``, see ``TDContrastiveLoss``).
         energy: one of ``ENERGIES``.
         temperature: divisor of the cosine energy.
         learn_temperature: make the temperature a trained parameter (cosine only).
         weight_negatives: binary_nce's negatives weigh 1 / (B - 1) (stable-CRL code).
-        gamma: discount of the td loss.
-        max_importance_weight: clip of the td loss's importance weight.
         logsumexp_coef: weight of the logsumexp^2 penalty (0 disables it; the original CRL uses 0.01).
         bc_coef: behaviour-cloning share of the actor loss.
         alpha_init: entropy coefficient (kept fixed unless ``auto_alpha``).
         auto_alpha: tune alpha so that the policy's entropy tracks ``target_entropy``.
-        target_entropy: target for the auto-tuned alpha.
+        target_entropy: target for the auto-tuned alpha; ``"auto"`` is -action_dim.
         random_goal_fraction: share of the actor's rows that get another row's goal.
         use_state: read the proprioceptive ``state`` key beside the (image) observation.
         gather_batch: data-parallel training: ``(tensor, dim) ->`` every rank's tensors concatenated
@@ -153,10 +156,9 @@ class ContrastiveLoss(LossModule):
 
     tensor_keys: _AcceptedKeys
     default_keys = _AcceptedKeys
+    loss_keys = ("loss_critic", "loss_actor", "loss_alpha")  # summed into the backward pass
     out_keys = [
-        "loss_critic",
-        "loss_actor",
-        "loss_alpha",
+        *loss_keys,
         "alpha",
         "entropy",
         "logits_accuracy",
@@ -181,37 +183,33 @@ class ContrastiveLoss(LossModule):
         temperature: float = 1.0,
         learn_temperature: bool = False,
         weight_negatives: bool = False,
-        gamma: float = 0.99,
-        max_importance_weight: float = 20.0,
         logsumexp_coef: float = 0.0,
         bc_coef: float = 0.0,
         alpha_init: float = 0.0,
         auto_alpha: bool = False,
-        target_entropy: float = 0.0,
+        target_entropy: float | str = "auto",
         random_goal_fraction: float = 0.0,
         use_state: bool = False,
         gather_batch: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
     ) -> None:
-        if contrastive not in CONTRASTIVE_LOSSES:
-            raise ValueError(f"unknown contrastive loss {contrastive!r}: use one of {', '.join(CONTRASTIVE_LOSSES)}")
+        if contrastive not in CRITIC_LOSSES:
+            raise ValueError(f"unknown contrastive loss {contrastive!r}: use one of {', '.join(CRITIC_LOSSES)}")
         if energy not in ENERGIES:
             raise ValueError(f"unknown energy {energy!r}: use one of {', '.join(ENERGIES)}")
         super().__init__()
         self.convert_to_functional(actor_network, "actor_network")
-        self.convert_to_functional(
-            critic_network, "critic_network", create_target_params=contrastive == "td"
-        )
+        self.convert_to_functional(critic_network, "critic_network", create_target_params=self.has_target_critic)
         self.contrastive = contrastive
         self.energy = energy
         self.weight_negatives = weight_negatives
-        self.gamma = gamma
-        self.max_importance_weight = max_importance_weight
         self.logsumexp_coef = logsumexp_coef
         self.bc_coef = bc_coef
         self.random_goal_fraction = random_goal_fraction
         self.use_state = use_state
         self.auto_alpha = auto_alpha
         device = next(critic_network.parameters()).device
+        if target_entropy == "auto":
+            target_entropy = -float(actor_network.spec["action"].shape[-1])
         self.register_buffer("target_entropy", torch.tensor(float(target_entropy), device=device))
         if auto_alpha:
             self.log_alpha = nn.Parameter(torch.tensor(math.log(alpha_init), device=device))
@@ -227,14 +225,12 @@ class ContrastiveLoss(LossModule):
     def _forward_value_estimator_keys(self, **kwargs) -> None:
         pass
 
+    has_target_critic = False
+
     @property
     def in_keys(self) -> list[NestedKey]:
         keys = [self.tensor_keys.observation, self.tensor_keys.action, self.tensor_keys.goal]
-        if self.contrastive == "td":
-            keys += [self.tensor_keys.next_observation, self.tensor_keys.next_achieved_goal]
-        if self.use_state:
-            keys += [self.tensor_keys.state] + ([self.tensor_keys.next_state] if self.contrastive == "td" else [])
-        return keys
+        return keys + [self.tensor_keys.state] if self.use_state else keys
 
     @property
     def alpha(self) -> torch.Tensor:
@@ -260,14 +256,7 @@ class ContrastiveLoss(LossModule):
         with self.critic_network_params.to_module(self.critic_network):
             state_action_repr, goal_repr = self.critic_network(observation, action, goal, state)
         logits = pairwise_energy(*self._global_batch(state_action_repr, goal_repr), self.energy, self.temperature)
-        if self.contrastive == "td":
-            loss_critic = self._td_loss(tensordict, goal, state_action_repr, goal_repr)
-        elif self.contrastive == "infonce":
-            loss_critic = infonce_loss(logits)
-        elif self.contrastive == "symmetric_infonce":
-            loss_critic = symmetric_infonce_loss(logits)
-        else:
-            loss_critic = binary_nce_loss(logits, self.weight_negatives)
+        loss_critic = self.critic_loss(tensordict, logits, state_action_repr, goal_repr)
         if self.logsumexp_coef:
             loss_critic = loss_critic + self.logsumexp_coef * logsumexp_penalty(logits)
 
@@ -294,44 +283,18 @@ class ContrastiveLoss(LossModule):
             logits_negative=negative.mean(),
         )
 
+    def critic_loss(self, tensordict, logits, state_action_repr, goal_repr) -> torch.Tensor:
+        """``[num_critics]``: each critic's loss over its ``[B, B]`` logits."""
+        if self.contrastive == "binary_nce":
+            return binary_nce_loss(logits, self.weight_negatives)
+        return CRITIC_LOSSES[self.contrastive](logits)
+
     def _global_batch(self, state_action_repr: torch.Tensor, goal_repr: torch.Tensor):
         """Under data-parallel training, every rank's representations, so that the logits are the
-        global batch's (global B x global B, all negatives); else this batch's. The td loss pairs each
-        row with one other row of its own rank's batch and needs no gathering."""
-        if self.gather_batch is None or self.contrastive == "td":
+        global batch's (global B x global B, all negatives); else this batch's."""
+        if self.gather_batch is None:
             return state_action_repr, goal_repr
         return self.gather_batch(state_action_repr, 1), self.gather_batch(goal_repr, 1)
-
-    def _td_loss(self, tensordict, goal, state_action_repr, goal_repr) -> torch.Tensor:
-        next_observation = tensordict.get(self.tensor_keys.next_observation)
-        next_state = tensordict.get(self.tensor_keys.next_state) if self.use_state else None
-        next_goal = tensordict.get(self.tensor_keys.next_achieved_goal)
-        random_goal = goal.roll(-1, 0)
-        with self.critic_network_params.to_module(self.critic_network):
-            next_goal_repr = self.critic_network.encode_goal(next_goal)
-        positive_logits = paired_energy(state_action_repr, next_goal_repr, self.energy, self.temperature)
-        random_logits = paired_energy(state_action_repr, goal_repr.roll(-1, 1), self.energy, self.temperature)
-        with torch.no_grad():
-            actor_input = self._actor_input(next_observation, random_goal, next_state)
-            with self.actor_network_params.to_module(self.actor_network):
-                next_action = self.actor_network.get_dist(actor_input).sample()
-            with self.target_critic_network_params.to_module(self.critic_network):
-                target_logits = paired_energy(
-                    self.critic_network.encode_state_action(next_observation, next_action, next_state),
-                    self.critic_network.encode_goal(random_goal),
-                    self.energy,
-                    self.temperature,
-                )
-            probability = torch.sigmoid(target_logits).min(0).values
-            weight = (probability / (1 - probability)).clamp(0, self.max_importance_weight)
-        ones = torch.ones_like(positive_logits)
-        bce = F.binary_cross_entropy_with_logits
-        loss = (
-            (1 - self.gamma) * bce(positive_logits, ones, reduction="none")
-            + self.gamma * weight * bce(random_logits, ones, reduction="none")
-            + bce(random_logits, torch.zeros_like(random_logits), reduction="none")
-        )
-        return loss.mean(-1)
 
     def _actor_input(self, observation: torch.Tensor, goal: torch.Tensor, state: torch.Tensor | None = None):
         actor_input = TensorDict(
@@ -378,3 +341,80 @@ class ContrastiveLoss(LossModule):
         low, high = spec.space.low.to(action.device), spec.space.high.to(action.device)
         margin = 1e-4 * (high - low)
         return torch.maximum(torch.minimum(action, high - margin), low + margin)
+
+
+class TDContrastiveLoss(ContrastiveLoss):
+    """The ``td`` critic loss (C-learning, the released stable-CRL code's default), with target critics.
+
+    The positive is the next state's achieved goal; the negative is the next row's goal g_r, and it
+    bootstraps: with p = sigmoid of the target critic at (s', a' ~ pi(s', g_r), g_r), min over critics,
+    and w = clip(p / (1 - p), 0, max_importance_weight),
+    loss = (1 - gamma) BCE(f(s, a, s'), 1) + gamma w BCE(f(s, a, g_r), 1) + BCE(f(s, a, g_r), 0).
+    Each row is paired with another row of its own batch, so data-parallel ranks gather nothing.
+
+    Args:
+        gamma: discount of the bootstrap.
+        max_importance_weight: clip of the importance weight w.
+        other keyword arguments: as ``ContrastiveLoss``'s.
+    """
+
+    has_target_critic = True
+
+    def __init__(
+        self, actor_network, critic_network, *, gamma: float = 0.99, max_importance_weight: float = 20.0, **kwargs
+    ) -> None:
+        super().__init__(actor_network, critic_network, **kwargs)
+        self.contrastive = "td"
+        self.gamma = gamma
+        self.max_importance_weight = max_importance_weight
+
+    @property
+    def in_keys(self) -> list[NestedKey]:
+        keys = super().in_keys + [self.tensor_keys.next_observation, self.tensor_keys.next_achieved_goal]
+        return keys + [self.tensor_keys.next_state] if self.use_state else keys
+
+    def _global_batch(self, state_action_repr: torch.Tensor, goal_repr: torch.Tensor):
+        return state_action_repr, goal_repr
+
+    def critic_loss(self, tensordict, logits, state_action_repr, goal_repr) -> torch.Tensor:
+        goal = tensordict.get(self.tensor_keys.goal)
+        next_observation = tensordict.get(self.tensor_keys.next_observation)
+        next_state = tensordict.get(self.tensor_keys.next_state) if self.use_state else None
+        next_goal = tensordict.get(self.tensor_keys.next_achieved_goal)
+        random_goal = goal.roll(-1, 0)
+        with self.critic_network_params.to_module(self.critic_network):
+            next_goal_repr = self.critic_network.encode_goal(next_goal)
+        positive_logits = paired_energy(state_action_repr, next_goal_repr, self.energy, self.temperature)
+        random_logits = paired_energy(state_action_repr, goal_repr.roll(-1, 1), self.energy, self.temperature)
+        with torch.no_grad():
+            actor_input = self._actor_input(next_observation, random_goal, next_state)
+            with self.actor_network_params.to_module(self.actor_network):
+                next_action = self.actor_network.get_dist(actor_input).sample()
+            with self.target_critic_network_params.to_module(self.critic_network):
+                target_logits = paired_energy(
+                    self.critic_network.encode_state_action(next_observation, next_action, next_state),
+                    self.critic_network.encode_goal(random_goal),
+                    self.energy,
+                    self.temperature,
+                )
+            probability = torch.sigmoid(target_logits).min(0).values
+            weight = (probability / (1 - probability)).clamp(0, self.max_importance_weight)
+        ones = torch.ones_like(positive_logits)
+        bce = F.binary_cross_entropy_with_logits
+        loss = (
+            (1 - self.gamma) * bce(positive_logits, ones, reduction="none")
+            + self.gamma * weight * bce(random_logits, ones, reduction="none")
+            + bce(random_logits, torch.zeros_like(random_logits), reduction="none")
+        )
+        return loss.mean(-1)
+
+
+def make_contrastive_loss(
+    actor_network, critic_network, *, contrastive: str, gamma: float, max_importance_weight: float, **kwargs
+) -> ContrastiveLoss:
+    """The loss module of the critic loss ``contrastive``, one of ``CONTRASTIVE_LOSSES``."""
+    if contrastive == "td":
+        return TDContrastiveLoss(
+            actor_network, critic_network, gamma=gamma, max_importance_weight=max_importance_weight, **kwargs
+        )
+    return ContrastiveLoss(actor_network, critic_network, contrastive=contrastive, **kwargs)

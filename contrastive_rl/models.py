@@ -6,6 +6,7 @@ from torch import nn
 from torchrl.modules import MLP
 
 COLD_INIT_SCALE = 1e-12
+POLICIES = ("tanh_normal", "fixed_std_normal")
 
 
 def make_encoder(

@@ -6,10 +6,13 @@ import json
 import os
 from pathlib import Path
 
+import gymnasium as gym
 import torch
+from hydra.utils import to_absolute_path
 from tensordict import TensorDict
 
-from contrastive_rl.envs import GOAL_KEYS, ConfigError
+from contrastive_rl.config import ConfigError
+from contrastive_rl.envs import GOAL_KEY, GOAL_KEYS
 
 DEFAULT_MINARI_ROOT = "~/.minari/datasets"
 
@@ -105,6 +108,34 @@ def load_goal_transitions(
                 f"{found or 'none'}): write it with make_dataset.py --from-pixels --image-size {image_size}"
             )
     return torch.cat([_episode_transitions(episode) for episode in episodes])
+
+
+def load_offline_data(cfg, env_name: str) -> TensorDict:
+    """``offline.dataset``'s transitions, checked against the env and the batch size."""
+    env = gym.make(env_name)
+    try:
+        dims = dict(
+            observation_dim=env.observation_space["observation"].shape[-1],
+            goal_dim=env.observation_space[GOAL_KEY].shape[-1],
+            action_dim=env.action_space.shape[-1],
+        )
+    finally:
+        env.close()
+    # Hydra runs in its output directory: relative paths are taken from where the command was typed.
+    dataset = cfg.offline.dataset
+    as_path = Path(to_absolute_path(dataset))
+    if (as_path / "data" / "metadata.json").is_file():
+        dataset = str(as_path)
+    root = to_absolute_path(cfg.offline.root) if cfg.offline.root else None
+    image_size = cfg.env.image_size if cfg.env.from_pixels else None
+    transitions = load_goal_transitions(dataset, root, image_size=image_size, **dims)
+    usable = len(transitions) // cfg.collector.num_envs * cfg.collector.num_envs
+    if cfg.buffer.batch_size > usable:
+        raise ConfigError(
+            f"buffer.batch_size={cfg.buffer.batch_size} is not allowed: offline.dataset="
+            f"{cfg.offline.dataset!r} holds {len(transitions)} transitions"
+        )
+    return transitions
 
 
 def _episode_transitions(episode) -> TensorDict:

@@ -1,9 +1,13 @@
+"""Shared fixtures and helpers of the test suite. Test modules import the helpers from here
+(``from conftest import ...``), never from each other."""
+import csv
 import functools
 import os
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +30,11 @@ TINY_OVERRIDES = [
 ]
 
 
+# ====================================================================
+# Config
+# ------
+
+
 @pytest.fixture
 def make_cfg():
     """Compose config.yaml with overrides, as the command line would."""
@@ -35,6 +44,38 @@ def make_cfg():
             return compose(config_name="config", overrides=list(overrides))
 
     return _make
+
+
+def check_config(cfg, world_size: int = 1) -> str:
+    """What the training script checks before it starts: the config's values, then the env's own
+    checks; returns the env id that ``env.env_name`` resolves to. Raises ConfigError."""
+    from contrastive_rl.config import validate_config
+    from contrastive_rl.envs import resolve_goal_env
+
+    validate_config(cfg, world_size)
+    return resolve_goal_env(cfg)
+
+
+# ====================================================================
+# The training script as a subprocess
+# -----------------------------------
+
+
+def script(*overrides) -> list[str]:
+    """The command line that runs the training script with Hydra ``overrides``."""
+    return [sys.executable, str(ROOT / "stable_contrastive_rl.py"), *overrides]
+
+
+def read_scalar(run_dir, name) -> list[tuple[int, float]]:
+    """``(step, value)`` rows of the csv logger's scalar ``name`` in a run directory."""
+    [path] = Path(run_dir).glob(f"logs/*/scalars/{name}.csv")
+    with open(path) as f:
+        return [(int(step), float(value)) for step, value in csv.reader(f)]
+
+
+# ====================================================================
+# Rendering
+# ---------
 
 
 @functools.cache
@@ -49,3 +90,81 @@ def rendering_unavailable() -> str:
 
 
 needs_rendering = pytest.mark.skipif(bool(rendering_unavailable()), reason=rendering_unavailable() or "rendering works")
+
+
+# ====================================================================
+# Agents and losses without an env
+# --------------------------------
+
+OBS, ACT, GOAL = 5, 2, 3
+
+
+class FakeEnvSpecs:
+    """The specs make_agent reads, without starting an env."""
+
+    def __init__(self):
+        from torchrl.data import Bounded, Composite, Unbounded
+
+        self.observation_spec = Composite(
+            observation=Unbounded(OBS), desired_goal=Unbounded(GOAL), achieved_goal=Unbounded(GOAL)
+        )
+        self.full_action_spec_unbatched = Composite(action=Bounded(-1.0, 1.0, shape=(ACT,)))
+
+
+def make_batch(batch_size=16, seed=0):
+    """A batch of random states, actions in [-1, 1] and goals, with FakeEnvSpecs' sizes."""
+    from tensordict import TensorDict
+
+    generator = torch.Generator().manual_seed(seed)
+    return TensorDict(
+        observation=torch.randn(batch_size, OBS, generator=generator),
+        action=torch.rand(batch_size, ACT, generator=generator) * 2 - 1,
+        desired_goal=torch.randn(batch_size, GOAL, generator=generator),
+        batch_size=[batch_size],
+    )
+
+
+def build_agent(cfg, env, device="cpu"):
+    """``utils.make_agent`` with the data keys of ``cfg``."""
+    from contrastive_rl.envs import DataKeys
+    from utils import make_agent
+
+    return make_agent(cfg, env, DataKeys.from_config(cfg), device)
+
+
+def build_loss_module(cfg, actor, critic, world_size=1):
+    """``utils.make_loss_module`` with the data keys of ``cfg``."""
+    from contrastive_rl.envs import DataKeys
+    from utils import make_loss_module
+
+    return make_loss_module(cfg, actor, critic, DataKeys.from_config(cfg), world_size)
+
+
+def make_loss(make_cfg, *overrides):
+    """A small agent on FakeEnvSpecs and its loss module: ``(cfg, loss_module)``."""
+    cfg = make_cfg("model.hidden_dim=32", "model.num_layers=2", "model.embed_dim=8", *overrides)
+    actor, critic = build_agent(cfg, FakeEnvSpecs())
+    return cfg, build_loss_module(cfg, actor, critic)
+
+
+# ====================================================================
+# Replay buffers
+# --------------
+
+
+def filled_buffer():
+    """A replay buffer of about 60 MB with fixed contents, so a save takes a while to kill."""
+    from tensordict import TensorDict
+
+    from contrastive_rl.replay import FutureGoalReplayBuffer
+
+    generator = torch.Generator().manual_seed(0)
+    buffer = FutureGoalReplayBuffer(capacity=60_000, num_envs=2, batch_size=8, gamma=0.9)
+    data = TensorDict({
+        "observation": torch.randn(2, 30_000, 256, generator=generator),
+        "desired_goal": torch.randn(2, 30_000, 2, generator=generator),
+        "next": {"achieved_goal": torch.randn(2, 30_000, 2, generator=generator),
+                 "done": torch.rand(2, 30_000, 1, generator=generator) < 0.02},
+    }, [2, 30_000])
+    buffer.extend(data)
+    return buffer

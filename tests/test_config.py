@@ -1,12 +1,10 @@
 """Config defaults and the checks that stop bad input before anything starts."""
 import subprocess
-import sys
 
 import pytest
 
-from contrastive_rl.envs import ConfigError
-from conftest import ROOT
-from utils import validate_config
+from conftest import ROOT, check_config, script
+from contrastive_rl.config import ConfigError, validate_config
 
 SEED_TABLE = {
     "model.embed_dim": 64,
@@ -50,13 +48,13 @@ def test_every_config_key_is_in_the_readme(make_cfg):
 
 
 def test_valid_config_resolves_env(make_cfg):
-    assert validate_config(make_cfg()) == "FetchReach-v4"
-    assert validate_config(make_cfg("env.env_name=PointMaze_UMaze-v3")) == "PointMaze_UMaze-v3"
+    assert check_config(make_cfg()) == "FetchReach-v4"
+    assert check_config(make_cfg("env.env_name=PointMaze_UMaze-v3")) == "PointMaze_UMaze-v3"
 
 
 def test_missing_version_resolves_to_newest(make_cfg, caplog):
     with caplog.at_level("WARNING"):
-        assert validate_config(make_cfg("env.env_name=FetchReach-v3")) == "FetchReach-v4"
+        assert check_config(make_cfg("env.env_name=FetchReach-v3")) == "FetchReach-v4"
     assert "FetchReach-v3 is not registered; using FetchReach-v4" in caplog.text
 
 
@@ -90,18 +88,18 @@ def test_bad_input_is_named(make_cfg, override, pattern):
     base = ["buffer.size=4000", "collector.frames_per_batch=999"]
     overrides = [o for o in base if o.split("=")[0] != override.split("=")[0]] + [override]
     with pytest.raises(ConfigError, match=pattern):
-        validate_config(make_cfg(*overrides))
+        check_config(make_cfg(*overrides))
 
 
 def test_videos_need_a_logger(make_cfg):
     with pytest.raises(ConfigError, match="logger.video_every=2 is not allowed with no logger.backend"):
-        validate_config(make_cfg("logger.video_every=2", "logger.backend="))
+        check_config(make_cfg("logger.video_every=2", "logger.backend="))
 
 
+@pytest.mark.slow
 def test_script_reports_bad_input_in_one_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(ROOT / "stable_contrastive_rl.py"), "buffer.batch_size=0",
-         f"hydra.run.dir={tmp_path}"],
+        script("buffer.batch_size=0", f"hydra.run.dir={tmp_path}"),
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode != 0
@@ -131,9 +129,10 @@ def test_presets_compose_and_validate(config_name, expected):
         cfg = compose(config_name=config_name)
     for key, value in expected.items():
         assert lookup(cfg, key) == value, key
-    assert validate_config(cfg) == cfg.env.env_name
+    assert validate_config(cfg) is None
+    assert check_config(cfg) == cfg.env.env_name
 
 
 def test_cudagraphs_need_a_gpu(make_cfg):
     with pytest.raises(ConfigError, match="compile.cudagraphs=true is not allowed on device 'cpu'"):
-        validate_config(make_cfg("compile.cudagraphs=true", "device=cpu"))
+        check_config(make_cfg("compile.cudagraphs=true", "device=cpu"))

@@ -12,8 +12,7 @@ import torch.multiprocessing as mp
 from tensordict import TensorDict
 from torchrl.modules import TanhNormal
 
-from conftest import ROOT, TINY_OVERRIDES
-from test_smoke import read_scalar
+from conftest import ROOT, TINY_OVERRIDES, build_agent, build_loss_module, check_config, read_scalar
 
 BATCH = 64
 LOSSES = ("infonce", "symmetric_infonce", "binary_nce")
@@ -35,14 +34,14 @@ def loss_and_gradients(contrastive: str, rows: slice, world_size: int) -> tuple[
     from hydra import compose, initialize_config_dir
 
     from contrastive_rl.distributed import average_gradients
-    from utils import make_agent, make_eval_environment, make_loss_module, make_optimizer, validate_config
+    from utils import make_eval_environment, make_optimizer
 
     with initialize_config_dir(config_dir=str(ROOT), version_base="1.1"):
         cfg = compose(config_name="config", overrides=[*OVERRIDES, f"loss.contrastive={contrastive}"])
-    eval_env = make_eval_environment(cfg, validate_config(cfg))
+    eval_env = make_eval_environment(cfg, check_config(cfg))
     torch.manual_seed(0)
-    actor, critic = make_agent(cfg, eval_env, "cpu")
-    loss_module = make_loss_module(cfg, actor, critic, world_size)
+    actor, critic = build_agent(cfg, eval_env)
+    loss_module = build_loss_module(cfg, actor, critic, world_size)
     optimizer = make_optimizer(cfg, loss_module)
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
     # The policy's sample noise is drawn per process: take its deterministic action to compare.
@@ -91,6 +90,7 @@ def test_two_processes_with_half_batches_equal_one_process_with_the_whole_batch(
         assert any(g.abs().max() > 1e-3 for g in gradients)  # gradients that could differ, not zeros
 
 
+@pytest.mark.slow
 def test_script_trains_under_torchrun_with_rank_zero_logging(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(ROOT / "stable_contrastive_rl.py"),
@@ -112,8 +112,7 @@ def test_script_trains_under_torchrun_with_rank_zero_logging(tmp_path):
     ("checkpoint.resume=auto", "checkpoint.resume='auto' is not allowed with 2 processes"),
 ])
 def test_bad_data_parallel_config_is_named(make_cfg, override, pattern):
-    from contrastive_rl.envs import ConfigError
-    from utils import validate_config
+    from contrastive_rl.config import ConfigError, validate_config
 
     with pytest.raises(ConfigError, match=pattern):
         validate_config(make_cfg(*TINY_OVERRIDES, override), world_size=2)

@@ -1,10 +1,13 @@
 """Goal environments through TorchRL: specs, success flags, evaluation metrics."""
+import gc
+
 import numpy as np
 import pytest
 import torch
 
 from conftest import needs_rendering
-from utils import apply_env_transforms, env_maker, episode_metrics, vector_env_maker
+from contrastive_rl.envs import apply_env_transforms, env_maker, vector_env_maker
+from contrastive_rl.evaluation import episode_metrics
 
 
 @pytest.mark.parametrize(
@@ -40,6 +43,9 @@ def test_vector_env_steps_each_env_as_a_single_env_would(env_name, image_size):
     """Through several episodes (TorchRL resetting the finished envs of the vector env), env i of a
     vector env seeded s sees what a single env seeded s + i sees under the same actions; with images,
     each env renders its own scene while the others render theirs."""
+    # A closed image env that the garbage collector frees later frees its MuJoCo GL context then, which
+    # breaks the rendering of the envs alive at that moment (see test_videos): free them at known points.
+    gc.collect()
     steps, max_steps, num_envs = 13, 5, 2
     pixels = {"from_pixels": image_size is not None, "image_size": image_size or 64}
     action_dim = 4 if env_name.startswith("Fetch") else 2
@@ -60,6 +66,8 @@ def test_vector_env_steps_each_env_as_a_single_env_would(env_name, image_size):
         for key in keys:
             torch.testing.assert_close(vector_rollout[index][key], single_rollout[key], msg=f"env {index}, {key}")
         single_env.close()
+        del single_env
+        gc.collect()
     assert vector_rollout["next", "done"].squeeze(-1).sum(-1).tolist() == [2, 2]
     vector_env.close()
 

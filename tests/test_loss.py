@@ -3,41 +3,11 @@ import math
 
 import pytest
 import torch
-from tensordict import TensorDict
 
+from conftest import ACT, GOAL, OBS, make_batch, make_loss
 from contrastive_rl.loss import infonce_loss, logsumexp_penalty
 from contrastive_rl.models import ContrastiveCritic
-from utils import make_agent, make_loss_module, make_optimizer
-
-OBS, ACT, GOAL = 5, 2, 3
-
-
-class FakeEnvSpecs:
-    """The specs make_agent reads, without starting an env."""
-
-    def __init__(self):
-        from torchrl.data import Bounded, Composite, Unbounded
-
-        self.observation_spec = Composite(
-            observation=Unbounded(OBS), desired_goal=Unbounded(GOAL), achieved_goal=Unbounded(GOAL)
-        )
-        self.full_action_spec_unbatched = Composite(action=Bounded(-1.0, 1.0, shape=(ACT,)))
-
-
-def make_batch(batch_size=16, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    return TensorDict(
-        observation=torch.randn(batch_size, OBS, generator=generator),
-        action=torch.rand(batch_size, ACT, generator=generator) * 2 - 1,
-        desired_goal=torch.randn(batch_size, GOAL, generator=generator),
-        batch_size=[batch_size],
-    )
-
-
-def make_loss(make_cfg, *overrides):
-    cfg = make_cfg("model.hidden_dim=32", "model.num_layers=2", "model.embed_dim=8", *overrides)
-    actor, critic = make_agent(cfg, FakeEnvSpecs(), "cpu")
-    return cfg, make_loss_module(cfg, actor, critic)
+from utils import make_optimizer
 
 
 def test_infonce_equals_hand_computation():

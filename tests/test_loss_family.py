@@ -12,8 +12,8 @@ from contrastive_rl.loss import (
     pairwise_energy,
     symmetric_infonce_loss,
 )
-from test_loss import ACT, FakeEnvSpecs, make_batch, make_loss
-from utils import make_agent, make_optimizer, make_target_updater
+from conftest import ACT, FakeEnvSpecs, build_agent, make_batch, make_loss
+from utils import make_optimizer, make_target_updater
 
 LOGITS = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0], [1.0, -2.0, 0.5]])
 
@@ -123,6 +123,7 @@ def test_td_loss_equals_hand_computation(make_cfg):
 
 def test_target_critics_follow_with_soft_update(make_cfg):
     cfg, loss_module = make_loss(make_cfg, "loss.contrastive=td", "loss.target_tau=0.25")
+    assert loss_module.has_target_critic
     updater = make_target_updater(cfg, loss_module)
     online = loss_module.critic_network_params
     target = loss_module.target_critic_network_params
@@ -135,7 +136,9 @@ def test_target_critics_follow_with_soft_update(make_cfg):
     expected = target_before.apply(lambda t, o: 0.75 * t + 0.25 * o, online)
     for key, value in expected.items(True, True):
         torch.testing.assert_close(target.get(key).data, value.data)
-    assert make_target_updater(make_cfg(), loss_module) is None  # infonce has no target critic
+    infonce_cfg, infonce_module = make_loss(make_cfg)  # infonce has no target critic
+    assert not infonce_module.has_target_critic
+    assert make_target_updater(infonce_cfg, infonce_module) is None
 
 
 def test_bc_coef_one_is_behaviour_cloning_on_own_goal_rows(make_cfg):
@@ -155,7 +158,7 @@ def test_bc_coef_one_is_behaviour_cloning_on_own_goal_rows(make_cfg):
 def test_fixed_std_policy_has_the_configured_std_and_bounded_mean(make_cfg):
     cfg = make_cfg("model.hidden_dim=32", "model.num_layers=2", "model.policy=fixed_std_normal",
                    "model.policy_std=0.3")
-    actor, _ = make_agent(cfg, FakeEnvSpecs(), "cpu")
+    actor, _ = build_agent(cfg, FakeEnvSpecs())
     batch = make_batch(64)
     batch["observation"] *= 100  # push the mean to the bounds
     dist = actor.get_dist(batch)

@@ -1,19 +1,18 @@
 """Offline data: writing Minari datasets, loading them, bad datasets, and training from them."""
 import subprocess
-import sys
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, TINY_OVERRIDES, needs_rendering
-from contrastive_rl.envs import ConfigError, register_goal_envs
-from contrastive_rl.offline import load_goal_transitions, resolve_dataset, split_into_columns
+from conftest import TINY_OVERRIDES, check_config, needs_rendering, script
+from contrastive_rl.config import ConfigError
+from contrastive_rl.envs import register_goal_envs
+from contrastive_rl.offline import load_goal_transitions, load_offline_data, resolve_dataset, split_into_columns
 from contrastive_rl.replay import FutureGoalReplayBuffer
 from contrastive_rl.scripted import make_controller
 from make_dataset import make_dataset
-from utils import load_offline_data, validate_config
 
 MAZE_DIMS = dict(observation_dim=4, goal_dim=2, action_dim=2)
 
@@ -102,17 +101,17 @@ def test_bad_datasets_are_named(tmp_path, maze_dataset, make_cfg):
         load_goal_transitions("pendulum/random-v0", str(tmp_path), **MAZE_DIMS)
     cfg = make_cfg("env.env_name=FetchReach-v4", "offline.dataset=pointmaze/umaze-test-v0", f"offline.root={root}")
     with pytest.raises(ConfigError, match="does not match the env: its observation has 4 dimensions, the env's has 10"):
-        load_offline_data(cfg, validate_config(cfg))
+        load_offline_data(cfg, check_config(cfg))
     cfg = make_cfg("env.env_name=PointMaze_UMaze-v3", "offline.dataset=pointmaze/umaze-test-v0", f"offline.root={root}")
     with pytest.raises(ConfigError, match="buffer.batch_size=2048 .* holds 180 transitions"):
-        load_offline_data(cfg, validate_config(cfg))
+        load_offline_data(cfg, check_config(cfg))
 
 
+@pytest.mark.slow
 def test_script_refuses_a_missing_dataset_before_writing_anything(tmp_path):
     run_dir = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "stable_contrastive_rl.py"), "offline.dataset=nowhere/none-v0",
-         f"offline.root={tmp_path}", f"hydra.run.dir={run_dir}"],
+        script("offline.dataset=nowhere/none-v0", f"offline.root={tmp_path}", f"hydra.run.dir={run_dir}"),
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode != 0 and "Traceback" not in result.stderr
@@ -123,14 +122,14 @@ def test_script_refuses_a_missing_dataset_before_writing_anything(tmp_path):
     assert not (run_dir / "logs").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("finetune", [False, True], ids=["offline", "offline-then-online"])
 def test_script_trains_from_a_dataset(tmp_path, maze_dataset, finetune):
     root, _ = maze_dataset
     result = subprocess.run(
-        [sys.executable, str(ROOT / "stable_contrastive_rl.py"), *TINY_OVERRIDES,
-         "env.env_name=PointMaze_UMaze-v3", "env.max_steps=30", "offline.dataset=pointmaze/umaze-test-v0",
-         f"offline.root={root}", "offline.gradient_steps=20", "offline.eval_interval=10",
-         f"offline.finetune={finetune}", f"hydra.run.dir={tmp_path}"],
+        script(*TINY_OVERRIDES, "env.env_name=PointMaze_UMaze-v3", "env.max_steps=30",
+               "offline.dataset=pointmaze/umaze-test-v0", f"offline.root={root}", "offline.gradient_steps=20",
+               "offline.eval_interval=10", f"offline.finetune={finetune}", f"hydra.run.dir={tmp_path}"),
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]

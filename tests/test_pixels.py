@@ -4,10 +4,10 @@ import pytest
 import torch
 from tensordict import TensorDict
 
-from conftest import needs_rendering
-from contrastive_rl.envs import ConfigError
+from conftest import build_agent, build_loss_module, check_config, needs_rendering
+from contrastive_rl.config import ConfigError
+from contrastive_rl.envs import apply_env_transforms, env_maker
 from contrastive_rl.pixels import PixelEncoder, RandomShiftCrop, make_pixel_gym_env
-from utils import apply_env_transforms, env_maker, validate_config
 
 
 @needs_rendering
@@ -118,14 +118,14 @@ def test_encoder_layout_and_scaling(size, features):
 def test_bad_pixel_config_is_named(make_cfg, override, pattern):
     cfg = make_cfg("env.env_name=PointMaze_UMaze-v3", "env.from_pixels=true", override)
     with pytest.raises(ConfigError, match=pattern):
-        validate_config(cfg)
+        check_config(cfg)
 
 
 @pytest.mark.parametrize("shared", [False, True])
 def test_actor_encoder_is_its_own_or_the_critics_detached(make_cfg, shared):
     from torchrl.data import Bounded, Composite
 
-    from utils import make_agent, make_loss_module, make_optimizer
+    from utils import make_optimizer
 
     class Specs:
         full_action_spec_unbatched = Composite(action=Bounded(-1.0, 1.0, shape=(2,)))
@@ -133,10 +133,10 @@ def test_actor_encoder_is_its_own_or_the_critics_detached(make_cfg, shared):
     cfg = make_cfg("env.env_name=PointMaze_UMaze-v3", "env.from_pixels=true", "env.image_size=40",
                    "model.hidden_dim=16", "model.num_layers=1", "model.embed_dim=4", "buffer.batch_size=8",
                    f"model.actor_shares_encoder={shared}")
-    actor, critic = make_agent(cfg, Specs(), "cpu")
+    actor, critic = build_agent(cfg, Specs())
     actor_convs = [p for name, p in actor.named_parameters() if ".net.0." in name]
     assert bool(actor_convs) is not shared
-    loss_module = make_loss_module(cfg, actor, critic)
+    loss_module = build_loss_module(cfg, actor, critic)
     optimizer = make_optimizer(cfg, loss_module)  # raises if a parameter sat in two groups
     images = torch.randint(0, 256, (8, 40, 40, 3), dtype=torch.uint8)
     batch = TensorDict(pixels=images, goal_pixels=images.flip(0), action=torch.rand(8, 2) * 2 - 1, batch_size=[8])
@@ -156,8 +156,6 @@ def test_actor_encoder_is_its_own_or_the_critics_detached(make_cfg, shared):
 def test_proprioceptive_state_joins_the_image_features(make_cfg, contrastive):
     from torchrl.data import Bounded, Composite, Unbounded
 
-    from utils import make_agent, make_loss_module
-
     class Specs:
         observation_spec = Composite(observation=Unbounded(4))
         full_action_spec_unbatched = Composite(action=Bounded(-1.0, 1.0, shape=(2,)))
@@ -165,11 +163,11 @@ def test_proprioceptive_state_joins_the_image_features(make_cfg, contrastive):
     cfg = make_cfg("env.env_name=PointMaze_UMaze-v3", "env.from_pixels=true", "env.image_size=40",
                    "env.pixels_with_state=true", "model.hidden_dim=16", "model.num_layers=1",
                    "model.embed_dim=4", "model.cold_init=false", f"loss.contrastive={contrastive}")
-    actor, critic = make_agent(cfg, Specs(), "cpu")
+    actor, critic = build_agent(cfg, Specs())
     assert "observation" in actor.in_keys
     phi_first = critic.state_action_encoders[0][0]
     assert phi_first.in_features == critic.encoder.out_features + 4 + 2
-    loss_module = make_loss_module(cfg, actor, critic)
+    loss_module = build_loss_module(cfg, actor, critic)
     images = torch.randint(0, 256, (8, 40, 40, 3), dtype=torch.uint8)
     batch = TensorDict(
         pixels=images, goal_pixels=images.flip(0), observation=torch.randn(8, 4),

@@ -130,7 +130,7 @@ def test_horizon_counts_future_steps_up_to_episode_end():
         batch_size=[1, 6],
     )
     buffer.extend(data)
-    assert buffer.horizon()[:, 0].tolist() == [3, 2, 1, 3, 2, 1]
+    assert buffer.sampler.horizon(buffer.storage)[:, 0].tolist() == [3, 2, 1, 3, 2, 1]
 
 
 def test_extend_rejects_batches_of_the_wrong_shape():

@@ -2,8 +2,9 @@
 import subprocess
 import sys
 
+import pytest
 
-from conftest import ROOT, TINY_OVERRIDES
+from conftest import ROOT, TINY_OVERRIDES, script
 from gather_sweep import read_runs
 
 
@@ -32,11 +33,11 @@ def test_gather_groups_seeds_and_averages(tmp_path):
     assert (tmp_path / "plot.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_joblib_multirun_gives_one_directory_per_run(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(ROOT / "stable_contrastive_rl.py"), "-m", "env.seed=0,1", *TINY_OVERRIDES,
-         "collector.total_frames=200", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-         f"hydra.sweep.dir={tmp_path}"],
+        script("-m", "env.seed=0,1", *TINY_OVERRIDES, "collector.total_frames=200", "hydra/launcher=joblib",
+               "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path}"),
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,21 +1,15 @@
 """Videos of evaluation episodes: what they show, when they are recorded, where they land."""
 import gc
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from conftest import ROOT, TINY_OVERRIDES, needs_rendering
-from utils import (
-    make_agent,
-    make_eval_environment,
-    make_video_environment,
-    record_video,
-    validate_config,
-)
+from conftest import TINY_OVERRIDES, build_agent, check_config, needs_rendering, script
+from contrastive_rl.evaluation import record_video
+from utils import make_eval_environment, make_video_environment
 
 pytestmark = needs_rendering
 
@@ -55,12 +49,12 @@ def test_video_replays_the_first_evaluation_episode_with_its_goal(make_cfg, over
     # One eval env: the policy then runs on batches of one in both envs, so the steps match exactly.
     cfg = make_cfg(*TINY_OVERRIDES, *overrides, "logger.video_every=1", "env.max_steps=20",
                    "logger.num_eval_episodes=1")
-    env_name = validate_config(cfg)
+    env_name = check_config(cfg)
     eval_env = make_eval_environment(cfg, env_name)
     sink = VideoSink()
     video_env = make_video_environment(cfg, env_name, sink)
     torch.manual_seed(0)
-    actor, _ = make_agent(cfg, eval_env, "cpu")
+    actor, _ = build_agent(cfg, eval_env)
     eval_env.set_seed(123)
     with set_exploration_type(ExplorationType.DETERMINISTIC):
         first_episode = eval_env.rollout(20, actor, break_when_any_done=False)[0]
@@ -89,12 +83,11 @@ def test_video_replays_the_first_evaluation_episode_with_its_goal(make_cfg, over
 
 def run_script(tmp_path, *overrides):
     return subprocess.run(
-        [sys.executable, str(ROOT / "stable_contrastive_rl.py"), *TINY_OVERRIDES, *overrides,
-         f"hydra.run.dir={tmp_path}"],
-        capture_output=True, text=True, timeout=300,
+        script(*TINY_OVERRIDES, *overrides, f"hydra.run.dir={tmp_path}"), capture_output=True, text=True, timeout=300
     )
 
 
+@pytest.mark.slow
 def test_csv_logger_writes_an_mp4_at_the_first_evaluation_and_every_nth_after(tmp_path):
     result = run_script(
         tmp_path, "collector.total_frames=600", "logger.video_every=2", "logger.video_size=64",
@@ -107,6 +100,7 @@ def test_csv_logger_writes_an_mp4_at_the_first_evaluation_and_every_nth_after(tm
     assert frames.std() > 10  # a picture, not a blank
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["tensorboard", "wandb"])
 def test_videos_reach_tensorboard_and_wandb(tmp_path, backend):
     result = run_script(

@@ -1,0 +1,105 @@
+"""Evaluation episodes, their metrics and videos, and what the logger receives."""
+from __future__ import annotations
+
+import logging
+
+import torch
+from tensordict import TensorDict
+from torchrl._utils import timeit
+from torchrl.envs import TransformedEnv
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+log = logging.getLogger(__name__)
+EVAL_SEED_OFFSET = 10_000
+
+
+def episode_metrics(rollout: TensorDict) -> dict[str, float]:
+    """Success at the last step and anywhere, final goal distance and return of the FIRST episode of
+    each env in a ``[num_envs, time]`` rollout."""
+    done = rollout["next", "done"].squeeze(-1)
+    done[:, -1] = True
+    last = done.int().argmax(-1)
+    in_episode = torch.arange(done.shape[-1], device=done.device) <= last.unsqueeze(-1)
+    rows = torch.arange(done.shape[0], device=done.device)
+    final = rollout["next"][rows, last]
+    success = rollout["next", "success"].squeeze(-1)
+    distance = (final["achieved_goal"] - final["desired_goal"]).norm(dim=-1)
+    return {
+        "success_final": final["success"].float().mean().item(),
+        "success_any": (success & in_episode).any(-1).float().mean().item(),
+        "final_goal_distance": distance.mean().item(),
+        "return": final["episode_reward"].mean().item(),
+        "episode_length": (last + 1).float().mean().item(),
+    }
+
+
+@torch.no_grad()
+def evaluate(eval_env, actor, max_steps: int, seed: int) -> dict[str, float]:
+    """One episode per eval env on fresh desired goals (drawn from ``seed``), acting with the policy's
+    mode."""
+    eval_env.set_seed(seed)
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        rollout = eval_env.rollout(
+            max_steps, actor, auto_cast_to_device=True, break_when_any_done=False
+        )
+    return episode_metrics(rollout)
+
+
+def record_video(video_env: TransformedEnv, actor, max_steps: int, seed: int, step: int) -> TensorDict:
+    """Replay the first evaluation episode (same seed, deterministic policy) in ``video_env`` and log
+    its video at ``step``; return the rollout."""
+    video_env.set_seed(seed)
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        rollout = video_env.rollout(max_steps, actor, auto_cast_to_device=True)
+    video_env.transform[-1].dump(step=step)
+    return rollout
+
+
+def evaluate_and_record(cfg, eval_env, video_env, actor, step: int, progress) -> dict[str, float]:
+    """The ``eval/*`` metrics at ``step``, and the video of its first episode every
+    ``logger.video_every`` evaluations; counts the evaluation in ``progress``."""
+    seed = cfg.env.seed + EVAL_SEED_OFFSET + step
+    with timeit("eval"):
+        metrics = evaluate(eval_env, actor, cfg.env.max_steps, seed=seed)
+    if video_env is not None and progress.evaluations % cfg.logger.video_every == 0:
+        with timeit("video"):
+            record_video(video_env, actor, cfg.env.max_steps, seed=seed, step=step)
+    progress.evaluations += 1
+    return {f"eval/{key}": value for key, value in metrics.items()}
+
+
+def train_episode_metrics(batch: TensorDict) -> dict[str, float]:
+    """Success and return of the training episodes that ended in a collected batch."""
+    done = batch["next", "done"]
+    if not done.any():
+        return {}
+    return {
+        "train/success_final": batch["next", "success"][done].float().mean().item(),
+        "train/return": batch["next", "episode_reward"][done].mean().item(),
+    }
+
+
+def log_metrics(logger, metrics: dict, step: int) -> None:
+    """Every metric, and the wall-clock of each timed part so far (``time/*``), at ``step``."""
+    if logger is None:
+        return
+    with timeit("logging"):
+        for name, value in {**metrics, **timeit.todict(prefix="time")}.items():
+            logger.log_scalar(name, value, step)
+
+
+def report_time_shares(logger, wall_seconds: float, step: int) -> dict[str, float]:
+    """Print, and log as ``time_share/*``, the share of the run's wall-clock spent in each timed part
+    (TorchRL ``timeit``: collect, rb - extend, rb - sample, update, eval, logging)."""
+    totals = timeit.todict(percall=False)
+    shares = {name: total / wall_seconds for name, total in totals.items()}
+    shares["other"] = max(0.0, 1.0 - sum(shares.values()))
+    log.info(
+        "wall-clock %.1f s: %s",
+        wall_seconds,
+        ", ".join(f"{name} {share:.1%}" for name, share in sorted(shares.items(), key=lambda x: -x[1])),
+    )
+    if logger is not None:
+        for name, share in shares.items():
+            logger.log_scalar(f"time_share/{name}", share, step)
+    return shares

@@ -1,0 +1,183 @@
+"""Where a run stands (what a checkpoint saves), and what the console tells of it while it runs."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+
+import numpy as np
+import torch
+import tqdm
+
+from contrastive_rl.config import trains_online
+
+log = logging.getLogger(__name__)
+PAPER_HIDDEN_DIM = 1024
+REFRESH_SECONDS = 0.5
+TIMED_UPDATES = 3  # updates timed before the rate is told
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+@dataclasses.dataclass
+class RunProgress:
+    """The run's counters and, in its state dict, the random state: all a resumed run needs besides
+    the networks, the optimizer and the replay buffer.
+
+    Frame counts are global (over data-parallel ranks), as the config's; ``num_updates`` counts the
+    offline gradient steps first, then the online ones; ``update_credit`` carries the fraction of an
+    update that ``optim.utd_ratio`` owes the frames collected so far.
+    """
+
+    next_eval: int
+    next_checkpoint: int
+    collected_frames: int = 0
+    num_updates: int = 0
+    skipped_updates: int = 0
+    update_credit: float = 0.0
+    evaluations: int = 0
+    _saved_rng: dict | None = dataclasses.field(default=None, repr=False)
+
+    @classmethod
+    def start(cls, cfg) -> RunProgress:
+        return cls(next_eval=cfg.logger.eval_interval, next_checkpoint=cfg.checkpoint.interval)
+
+    def credit_updates(self, frames: int, utd_ratio: float) -> int:
+        """Updates owed to ``frames`` new frames at ``utd_ratio``; the fraction left carries over."""
+        self.update_credit += frames * utd_ratio
+        updates = int(self.update_credit)
+        self.update_credit -= updates
+        return updates
+
+    def rates(self, elapsed_seconds: float) -> dict[str, float]:
+        return {
+            "train/updates_per_second": self.num_updates / elapsed_seconds,
+            "train/num_updates": self.num_updates,
+            "train/elapsed_seconds": elapsed_seconds,
+        }
+
+    def state_dict(self) -> dict:
+        counters = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        counters.pop("_saved_rng")
+        return {**counters, "rng": rng_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Take the counters now; the random state waits for ``restore_rng``."""
+        state = dict(state)
+        self._saved_rng = state.pop("rng")
+        for name, value in state.items():
+            setattr(self, name, value)
+
+    def restore_rng(self) -> None:
+        """Continue the saved random stream. Called once the envs and the collector exist, since the
+        collector's construction runs the policy once and draws from the torch generator."""
+        if self._saved_rng is not None:
+            set_rng_state(self._saved_rng)
+            self._saved_rng = None
+
+
+def planned_updates(cfg) -> int:
+    """Gradient updates the whole run makes: the offline steps, then ``optim.utd_ratio`` per frame
+    collected after ``collector.init_random_frames``, counted as the training loop credits them."""
+    total = cfg.offline.gradient_steps if cfg.offline.dataset else 0
+    if trains_online(cfg):
+        counter = RunProgress(next_eval=0, next_checkpoint=0)
+        frames_per_batch = cfg.collector.frames_per_batch
+        while counter.collected_frames < cfg.collector.total_frames:
+            counter.collected_frames += frames_per_batch
+            if counter.collected_frames >= cfg.collector.init_random_frames:
+                total += counter.credit_updates(frames_per_batch, cfg.optim.utd_ratio)
+    return total
+
+
+def describe_plan(cfg, device, num_updates: int) -> str:
+    online = f"{cfg.collector.total_frames:,} env steps" if trains_online(cfg) else "no env steps"
+    offline = f" ({cfg.offline.gradient_steps:,} offline)" if cfg.offline.dataset else ""
+    return (
+        f"{cfg.env.env_name} on {device}: {online} and {num_updates:,} gradient updates{offline} of batch "
+        f"{cfg.buffer.batch_size}, networks {cfg.model.num_layers} x {cfg.model.hidden_dim}"
+    )
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class ProgressBar(tqdm.tqdm):
+    """tqdm over env steps (gradient steps offline), with the updates done beside them.
+
+    During a round of updates the bar moves with them (at most every half second). Once a few updates
+    are timed (the run's first one, which allocates and compiles, is left out), one line tells the
+    seconds per update and what the rest of the run takes at that rate, naming the quick preset on a
+    CPU at the paper's network size.
+    """
+
+    def __init__(self, cfg, device, total_updates: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.cfg = cfg
+        self.device = device
+        self.total_updates = total_updates
+        self.success: float | None = None
+        self._last_refresh = 0.0
+        self._previous_update: float | None = None
+        self._timed_seconds = 0.0
+        self._timed_updates = 0
+        self._rate_told = False
+        self._frames_left = 0
+        self._seconds_per_frame = 0.0
+
+    def start_round(self, num_updates: int, frames_left: int, seconds_per_frame: float) -> None:
+        """Updates follow; ``frames_left`` env steps remain, collected at ``seconds_per_frame``."""
+        self._previous_update = time.perf_counter() if num_updates else None
+        self._frames_left, self._seconds_per_frame = frames_left, seconds_per_frame
+
+    def updated(self, num_updates: int) -> None:
+        now = time.perf_counter()
+        if self._previous_update is not None:
+            self._timed_seconds += now - self._previous_update
+            self._timed_updates += 1
+        self._previous_update = now
+        if self._timed_updates == TIMED_UPDATES and not self._rate_told:
+            self._tell_rate(num_updates)
+        self.show_updates(num_updates)
+
+    def show_success(self, success: float, num_updates: int) -> None:
+        self.success = success
+        self.show_updates(num_updates, force=True)
+
+    def show_updates(self, num_updates: int, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_refresh >= REFRESH_SECONDS:
+            postfix = {"updates": f"{num_updates}/{self.total_updates}"}
+            if self.success is not None:
+                postfix["success"] = f"{self.success:.2f}"
+            self.set_postfix(postfix)
+            self._last_refresh = now
+
+    def _tell_rate(self, num_updates: int) -> None:
+        self._rate_told = True
+        if self.disable:
+            return
+        per_update = self._timed_seconds / self._timed_updates
+        updates_left = self.total_updates - num_updates
+        left = per_update * updates_left + self._seconds_per_frame * self._frames_left
+        hint = ""
+        if self.device.type == "cpu" and self.cfg.model.hidden_dim >= PAPER_HIDDEN_DIM:
+            hint = "; the paper-size networks are slow on a CPU: for a run of minutes use --config-name config_quick"
+        log.info(
+            "%.3f s per update: about %s left at this rate (%d updates, %d env steps)%s",
+            per_update, format_duration(left), updates_left, self._frames_left, hint,
+        )

@@ -1,0 +1,66 @@
+"""The run's progress: its counters and random state round-trip, the planned updates, the console lines."""
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from contrastive_rl.progress import ProgressBar, RunProgress, describe_plan, planned_updates
+
+
+def test_state_dict_round_trip_restores_counters_and_random_streams(make_cfg):
+    progress = RunProgress.start(make_cfg("logger.eval_interval=7", "checkpoint.interval=11"))
+    assert (progress.next_eval, progress.next_checkpoint, progress.collected_frames) == (7, 11, 0)
+    progress.collected_frames, progress.num_updates, progress.skipped_updates = 300, 42, 2
+    assert progress.credit_updates(100, 0.125) == 12 and progress.update_credit == pytest.approx(0.5)
+    torch.manual_seed(3)
+    np.random.seed(3)
+    state = progress.state_dict()
+    expected = (torch.rand(3), np.random.rand(3))
+
+    resumed = RunProgress.start(make_cfg())
+    resumed.load_state_dict(state)
+    assert resumed.state_dict().keys() == state.keys()
+    assert (resumed.collected_frames, resumed.num_updates, resumed.skipped_updates) == (300, 42, 2)
+    assert resumed.update_credit == progress.update_credit
+    torch.rand(5)  # what the collector's construction draws between loading and restoring
+    resumed.restore_rng()
+    torch.testing.assert_close(torch.rand(3), expected[0])
+    np.testing.assert_array_equal(np.random.rand(3), expected[1])
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    ([], 491 * 125),  # the paper's run: updates start at 10k frames, 125 per 1000-frame batch
+    (["collector.total_frames=400", "collector.frames_per_batch=100", "collector.init_random_frames=100",
+      "optim.utd_ratio=0.05"], 20),
+    (["collector.total_frames=1000", "collector.frames_per_batch=300", "collector.init_random_frames=500",
+      "optim.utd_ratio=0.01"], 9),  # batches end at 300, 600, 900, 1200: the last three earn 3 each
+    (["offline.dataset=x", "offline.gradient_steps=50"], 50),
+    (["offline.dataset=x", "offline.gradient_steps=50", "offline.finetune=true", "collector.total_frames=400",
+      "collector.frames_per_batch=100", "collector.init_random_frames=100", "optim.utd_ratio=0.05"], 70),
+])
+def test_planned_updates_count_as_the_training_loop_credits_them(make_cfg, overrides, expected):
+    assert planned_updates(make_cfg(*overrides)) == expected
+
+
+def test_plan_line_names_device_steps_and_updates(make_cfg):
+    line = describe_plan(make_cfg(), torch.device("cpu"), 61375)
+    assert line == ("FetchReach-v4 on cpu: 500,000 env steps and 61,375 gradient updates of batch 2048, "
+                    "networks 4 x 1024")
+
+
+@pytest.mark.parametrize("hidden_dim,names_quick_preset", [(1024, True), (256, False)])
+def test_rate_line_after_the_first_timed_updates(make_cfg, caplog, hidden_dim, names_quick_preset):
+    cfg = make_cfg(f"model.hidden_dim={hidden_dim}")
+    with caplog.at_level(logging.INFO, logger="contrastive_rl.progress"):
+        with ProgressBar(cfg, torch.device("cpu"), 100, total=1000, disable=False) as pbar:
+            pbar.start_round(0, frames_left=500, seconds_per_frame=0.002)
+            for done in range(1, 4):
+                pbar.updated(done)
+            assert not caplog.records  # the run's first update is not timed: two timed so far
+            pbar.updated(4)
+            pbar.updated(5)
+    [record] = caplog.records
+    message = record.getMessage()
+    assert "s per update: about" in message and "(96 updates, 500 env steps)" in message
+    assert ("--config-name config_quick" in message) is names_quick_preset
