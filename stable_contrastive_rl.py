@@ -20,13 +20,12 @@ from torchrl._utils import compile_with_warmup, timeit
 from torchrl.record.loggers import generate_exp_name
 
 from contrastive_rl.checkpoint import (
-    CHECKPOINT_FILE,
+    Checkpointer,
+    CheckpointError,
     find_checkpoint,
     flat_config,
     load_checkpoint,
-    load_replay_buffer,
     restart_episodes,
-    save_checkpoint,
 )
 from contrastive_rl.config import ConfigError, get_device, rank_config, trains_online, validate_config
 from contrastive_rl.distributed import average_gradients, broadcast_from_rank_zero, init_distributed
@@ -63,7 +62,7 @@ def main(cfg: "DictConfig"):  # noqa: F821
         env_name = resolve_goal_env(cfg)
         offline_data = load_offline_data(cfg, env_name) if cfg.offline.dataset else None
         checkpoint_path = find_checkpoint(cfg)
-        checkpoint = load_checkpoint(cfg, checkpoint_path) if checkpoint_path else None
+        checkpoint = load_checkpoint(cfg, checkpoint_path, offline_data) if checkpoint_path else None
     except ConfigError as error:
         raise SystemExit(f"error: {error}") from None
     rank_cfg = rank_config(cfg, rank, world_size)
@@ -91,10 +90,11 @@ def main(cfg: "DictConfig"):  # noqa: F821
     target_updater = make_target_updater(cfg, loss_module)
     replay_buffer = make_replay_buffer(rank_cfg, keys, device, offline_data)
     augment = make_augmentation(cfg, keys)
+    checkpointer = Checkpointer(Path.cwd(), replay_buffer, checkpoint)
     if checkpoint:
         loss_module.load_state_dict(checkpoint["loss_module"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        load_replay_buffer(replay_buffer, checkpoint_path, checkpoint)
+        checkpointer.restore_replay_buffer()
 
     def compute_gradients(batch: TensorDict) -> TensorDict:
         loss_td = loss_module(batch)
@@ -149,6 +149,21 @@ def main(cfg: "DictConfig"):  # noqa: F821
             metrics.update({f"train/{key}": mean[key].item() for key in mean.keys()})
         return metrics
 
+    def save_checkpoint() -> None:
+        if not is_main:
+            return
+        with timeit("checkpoint"):
+            try:
+                checkpointer.save({
+                    "config": flat_config(cfg),
+                    "exp_name": exp_name,
+                    "loss_module": loss_module.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "progress": progress.state_dict(),
+                })
+            except CheckpointError as error:
+                raise SystemExit(f"error: {error}") from None
+
     total_updates = planned_updates(cfg)
     if is_main:
         log.info(describe_plan(cfg, device, total_updates))
@@ -157,9 +172,11 @@ def main(cfg: "DictConfig"):  # noqa: F821
     # Offline: gradient steps on the dataset; the logging step counts gradient steps.
     offline_steps = cfg.offline.gradient_steps if offline_data is not None else 0
     if offline_steps:
-        progress.restore_rng()
+        if progress.collected_frames == 0:  # a checkpoint of the offline phase: its random state goes on here
+            progress.restore_rng()
         log_every = min(cfg.offline.eval_interval, 1000)
-        with ProgressBar(cfg, device, total_updates, total=offline_steps, unit="updates", disable=not is_main) as pbar:
+        with ProgressBar(cfg, device, total_updates, total=offline_steps, initial=progress.num_updates,
+                         unit="updates", disable=not is_main) as pbar:
             while progress.num_updates < offline_steps:
                 batch_updates = min(log_every, offline_steps - progress.num_updates)
                 metrics = train(batch_updates, f"after {progress.num_updates} offline gradient steps", pbar)
@@ -170,6 +187,13 @@ def main(cfg: "DictConfig"):  # noqa: F821
                     pbar.show_success(metrics["eval/success_final"], progress.num_updates)
                 metrics.update(progress.rates(time.perf_counter() - start_time))
                 log_metrics(logger, metrics, progress.num_updates)
+
+                # Checkpoint every checkpoint.interval gradient steps and at the end of the offline phase.
+                interval_reached = cfg.checkpoint.interval and progress.num_updates >= progress.next_offline_checkpoint
+                if interval_reached:
+                    progress.next_offline_checkpoint += cfg.checkpoint.interval
+                if interval_reached or progress.num_updates == offline_steps:
+                    save_checkpoint()
 
     # Online: collect, store, update; the logging step counts env steps (after the offline steps).
     if trains_online(cfg):
@@ -215,15 +239,7 @@ def main(cfg: "DictConfig"):  # noqa: F821
                     progress.next_checkpoint += cfg.checkpoint.interval
                 if interval_reached or progress.collected_frames >= cfg.collector.total_frames:
                     replay_buffer.end_episodes()
-                    if is_main:
-                        with timeit("checkpoint"):
-                            save_checkpoint(Path.cwd() / CHECKPOINT_FILE, {
-                                "config": flat_config(cfg),
-                                "exp_name": exp_name,
-                                "loss_module": loss_module.state_dict(),
-                                "optimizer": optimizer.state_dict(),
-                                "progress": progress.state_dict(),
-                            }, replay_buffer)
+                    save_checkpoint()
                     restart_episodes(rank_cfg, collector, progress.collected_frames)
         collector.shutdown()
         if not train_env.is_closed:

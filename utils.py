@@ -20,15 +20,16 @@ from torchrl.record.loggers import get_logger
 
 from contrastive_rl.distributed import gather_batch
 from contrastive_rl.envs import (
+    EVAL_SEED_STREAM,
     GOAL_KEY,
     DataKeys,
     SuccessInfoReader,
     apply_env_transforms,
     env_maker,
     register_goal_envs,
+    stream_seed,
     vector_env_maker,
 )
-from contrastive_rl.evaluation import EVAL_SEED_OFFSET
 from contrastive_rl.loss import ContrastiveLoss, make_contrastive_loss
 from contrastive_rl.models import ContrastiveCritic, FixedStdNormalHead, GoalConditionedNet
 from contrastive_rl.offline import split_into_columns
@@ -65,7 +66,7 @@ def make_eval_environment(cfg, env_name: str) -> TransformedEnv:
     eval_env = vector_env_maker(
         env_name, cfg.env.max_steps, cfg.logger.num_eval_episodes, cfg.env.from_pixels, cfg.env.image_size
     )
-    eval_env.set_seed(cfg.env.seed + EVAL_SEED_OFFSET)
+    eval_env.set_seed(stream_seed(cfg.env.seed, EVAL_SEED_STREAM, 0))
     return apply_env_transforms(eval_env)
 
 

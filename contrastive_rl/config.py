@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 import os
 
 import torch
@@ -12,100 +14,188 @@ from contrastive_rl.models import POLICIES
 from contrastive_rl.nonfinite import ON_NONFINITE
 
 LOGGER_BACKENDS = ("wandb", "tensorboard", "csv", "")
-COMPILE_MODES = ("", None, "default", "reduce-overhead", "max-autotune")
+WANDB_MODES = ("offline", "online", "disabled")
+COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune")
 RANK_SEED_STRIDE = 100_003  # env seeds of data-parallel ranks, far apart from each other
-
-POSITIVE_INTEGERS = (
-    "env.max_steps", "collector.total_frames", "collector.frames_per_batch", "collector.num_envs",
-    "buffer.size", "buffer.batch_size", "model.embed_dim", "model.hidden_dim", "model.num_layers",
-    "logger.eval_interval", "logger.num_eval_episodes", "logger.video_size",
-)
-POSITIVE_REALS = ("optim.lr", "optim.utd_ratio", "loss.temperature", "loss.max_importance_weight", "model.policy_std")
-NON_NEGATIVE_INTEGERS = ("collector.init_random_frames", "buffer.random_crop_pad", "logger.video_every")
-UNIT_INTERVAL = ("loss.bc_coef", "loss.target_tau", "loss.random_goal_fraction", "buffer.random_crop_prob")
-CHOICES = {
-    "loss.contrastive": CONTRASTIVE_LOSSES,
-    "loss.energy": ENERGIES,
-    "model.policy": POLICIES,
-    "optim.on_nonfinite": ON_NONFINITE,
-}
+MAX_SEED = 2**32 - 1  # numpy's global seed is 32 bits
 
 
 class ConfigError(ValueError):
     """A configuration value that cannot work; the message names the key, the value and what is allowed."""
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
-def _is_integer(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """What one config key accepts: its kind (``integer``, ``real``, ``boolean``, ``string``, ``choice``),
+    and for numbers the bounds (``low_open``: the lower bound itself is not allowed)."""
+
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    choices: tuple = ()
+
+    def problem(self, value) -> str:
+        """Why ``value`` is not allowed, or an empty string."""
+        if self.kind == "boolean":
+            return "" if isinstance(value, bool) else "it must be true or false"
+        if self.kind == "string":
+            return "" if isinstance(value, str) else "it must be a string"
+        if self.kind == "choice":
+            return "" if value in self.choices else "use one of " + ", ".join(str(c) if c else '""' for c in self.choices)
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if self.low == 0 and self.low_open and self.high is None:
+            wanted = "it must be a positive number"
+        elif self.high is not None:
+            bounds = f"{_number(self.low)}, {_number(self.high)}"
+            wanted = f"it must lie in ({bounds})" if self.low_open else f"it must lie in [{bounds}]"
+        else:
+            wanted = f"it must be {'an integer' if self.kind == 'integer' else 'a number'} >= {_number(self.low)}"
+        if not is_number or value < self.low or (self.low_open and value == self.low):
+            return wanted
+        if self.high is not None and (value > self.high or (self.low_open and value == self.high)):
+            return wanted
+        if self.kind == "integer" and not isinstance(value, int):
+            return "it must be an integer"
+        return ""
+
+
+POSITIVE_INTEGER = Rule("integer", 0, low_open=True)
+NON_NEGATIVE_INTEGER = Rule("integer", 0)
+POSITIVE = Rule("real", 0, low_open=True)
+NON_NEGATIVE = Rule("real", 0)
+UNIT_INTERVAL = Rule("real", 0, 1)
+BOOLEAN = Rule("boolean")
+STRING = Rule("string")
+
+# Every key of config.yaml and what it accepts; a key missing here is refused as unknown.
+RULES = {
+    "env.env_name": STRING,
+    "env.max_steps": POSITIVE_INTEGER,
+    "env.seed": Rule("integer", 0, MAX_SEED),
+    "env.from_pixels": BOOLEAN,
+    "env.image_size": POSITIVE_INTEGER,
+    "env.pixels_with_state": BOOLEAN,
+    "collector.total_frames": POSITIVE_INTEGER,
+    "collector.frames_per_batch": POSITIVE_INTEGER,
+    "collector.init_random_frames": NON_NEGATIVE_INTEGER,
+    "collector.num_envs": POSITIVE_INTEGER,
+    "collector.worker_processes": BOOLEAN,
+    "buffer.size": POSITIVE_INTEGER,
+    "buffer.batch_size": POSITIVE_INTEGER,
+    "buffer.random_crop_prob": UNIT_INTERVAL,
+    "buffer.random_crop_pad": NON_NEGATIVE_INTEGER,
+    "model.embed_dim": POSITIVE_INTEGER,
+    "model.hidden_dim": POSITIVE_INTEGER,
+    "model.num_layers": POSITIVE_INTEGER,
+    "model.use_layer_norm": BOOLEAN,
+    "model.cold_init": BOOLEAN,
+    "model.twin_critics": BOOLEAN,
+    "model.actor_shares_encoder": BOOLEAN,
+    "model.policy": Rule("choice", choices=POLICIES),
+    "model.policy_std": POSITIVE,
+    "loss.gamma": Rule("real", 0, 1, low_open=True),
+    "loss.contrastive": Rule("choice", choices=CONTRASTIVE_LOSSES),
+    "loss.energy": Rule("choice", choices=ENERGIES),
+    "loss.temperature": POSITIVE,
+    "loss.learn_temperature": BOOLEAN,
+    "loss.weight_negatives": BOOLEAN,
+    "loss.max_importance_weight": POSITIVE,
+    "loss.target_tau": UNIT_INTERVAL,
+    "loss.bc_coef": UNIT_INTERVAL,
+    "loss.logsumexp_coef": NON_NEGATIVE,
+    "loss.alpha_init": NON_NEGATIVE,
+    "loss.auto_alpha": BOOLEAN,
+    "loss.target_entropy": Rule("real", -math.inf),
+    "loss.random_goal_fraction": UNIT_INTERVAL,
+    "optim.lr": POSITIVE,
+    "optim.utd_ratio": POSITIVE,
+    "optim.on_nonfinite": Rule("choice", choices=ON_NONFINITE),
+    "offline.dataset": STRING,
+    "offline.root": STRING,
+    "offline.gradient_steps": POSITIVE_INTEGER,
+    "offline.eval_interval": POSITIVE_INTEGER,
+    "offline.finetune": BOOLEAN,
+    "logger.backend": Rule("choice", choices=LOGGER_BACKENDS),
+    "logger.mode": Rule("choice", choices=WANDB_MODES),
+    "logger.project_name": STRING,
+    "logger.exp_name": STRING,
+    "logger.eval_interval": POSITIVE_INTEGER,
+    "logger.num_eval_episodes": POSITIVE_INTEGER,
+    "logger.video_every": NON_NEGATIVE_INTEGER,
+    "logger.video_size": POSITIVE_INTEGER,
+    "checkpoint.interval": NON_NEGATIVE_INTEGER,
+    "checkpoint.resume": STRING,
+    "compile.compile": BOOLEAN,
+    "compile.compile_mode": Rule("choice", choices=COMPILE_MODES),
+    "compile.cudagraphs": BOOLEAN,
+    "device": STRING,
+}
+# Allowed beside what the rule accepts: auto (-action_dim), and null for "none" / "default".
+SPECIAL_VALUES = {"loss.target_entropy": ("auto",), "logger.backend": (None,), "compile.compile_mode": (None,)}
+
+
+def flat_items(cfg) -> dict:
+    """The config as ``{"group.key": value}``, interpolations resolved."""
+
+    def flatten(node: dict, prefix: str = "") -> dict:
+        flat = {}
+        for key, value in node.items():
+            if isinstance(value, dict):
+                flat.update(flatten(value, f"{prefix}{key}."))
+            else:
+                flat[f"{prefix}{key}"] = value
+        return flat
+
+    return flatten(OmegaConf.to_container(cfg, resolve=True))
 
 
 def validate_config(cfg, world_size: int = 1) -> None:
-    """Check the config's values and how they combine, before anything starts; the env's own checks
-    are ``contrastive_rl.envs.resolve_goal_env``. ``world_size``: the processes of a data-parallel run
-    (torchrun), which share the global sizes.
+    """Check every key of the config and how they combine, before anything starts; the env's own
+    checks are ``contrastive_rl.envs.resolve_goal_env``. ``world_size``: the processes of a
+    data-parallel run (torchrun), which share the global sizes.
 
     Raises ConfigError with one line naming the key, its value and what is allowed.
     """
-    _check_values(cfg)
+    for key, value in flat_items(cfg).items():
+        if key not in RULES:
+            raise ConfigError(f"{key}={value!r} is not allowed: config.yaml has no such key")
+        if value in SPECIAL_VALUES.get(key, ()):
+            continue
+        problem = RULES[key].problem(value)
+        if key == "loss.target_entropy" and problem:
+            problem = "use a number or auto (-action_dim)"
+        if problem:
+            raise ConfigError(f"{key}={value!r} is not allowed: {problem}")
+    _check_device(cfg.device)
     _check_combinations(cfg)
     if world_size > 1:
         _check_data_parallel(cfg, world_size)
 
 
-def _check_values(cfg) -> None:
-    for key in (*POSITIVE_INTEGERS, *POSITIVE_REALS):
-        value = OmegaConf.select(cfg, key)
-        if not _is_number(value) or value <= 0:
-            raise ConfigError(f"{key}={value!r} is not allowed: it must be a positive number")
-        if key in POSITIVE_INTEGERS and not isinstance(value, int):
-            raise ConfigError(f"{key}={value!r} is not allowed: it must be an integer")
-    for key in NON_NEGATIVE_INTEGERS:
-        value = OmegaConf.select(cfg, key)
-        if not _is_integer(value) or value < 0:
-            raise ConfigError(f"{key}={value!r} is not allowed: it must be an integer >= 0")
-    for key in UNIT_INTERVAL:
-        value = OmegaConf.select(cfg, key)
-        if not _is_number(value) or not 0.0 <= value <= 1.0:
-            raise ConfigError(f"{key}={value!r} is not allowed: it must lie in [0, 1]")
-    for key, allowed in CHOICES.items():
-        value = OmegaConf.select(cfg, key)
-        if value not in allowed:
-            raise ConfigError(f"{key}={value!r} is not allowed: use one of {', '.join(allowed)}")
-    if not _is_integer(cfg.checkpoint.interval) or cfg.checkpoint.interval < 0:
+def _check_device(name: str) -> None:
+    if not name:
+        return
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as error:
+        raise ConfigError(f"device={name!r} is not allowed: {str(error).splitlines()[0]}") from None
+    if device.type == "cpu":
+        return
+    if device.type == "cuda" and torch.cuda.is_available():
+        if device.index is None or device.index < torch.cuda.device_count():
+            return
         raise ConfigError(
-            f"checkpoint.interval={cfg.checkpoint.interval!r} is not allowed: an integer >= 0 (0: at the end only)"
+            f"device={name!r} is not allowed: this machine has {torch.cuda.device_count()} CUDA device(s)"
         )
-    if not _is_number(cfg.loss.gamma) or not 0.0 < cfg.loss.gamma < 1.0:
-        raise ConfigError(f"loss.gamma={cfg.loss.gamma!r} is not allowed: it must lie in (0, 1)")
-    if cfg.loss.target_entropy != "auto" and not _is_number(cfg.loss.target_entropy):
-        raise ConfigError(
-            f"loss.target_entropy={cfg.loss.target_entropy!r} is not allowed: use a number or auto (-action_dim)"
-        )
-    backend = cfg.logger.backend or ""
-    if backend not in LOGGER_BACKENDS:
-        raise ConfigError(
-            f"logger.backend={backend!r} is not allowed: use one of wandb, tensorboard, csv, "
-            "or leave it empty for no logging"
-        )
-    if cfg.compile.compile_mode not in COMPILE_MODES:
-        raise ConfigError(
-            f"compile.compile_mode={cfg.compile.compile_mode!r} is not allowed: use default, "
-            "reduce-overhead or max-autotune"
-        )
-    if cfg.offline.dataset:
-        for key in ("offline.gradient_steps", "offline.eval_interval"):
-            value = OmegaConf.select(cfg, key)
-            if not _is_integer(value) or value <= 0:
-                raise ConfigError(f"{key}={value!r} is not allowed: it must be a positive integer")
+    raise ConfigError(f"device={name!r} is not allowed: this machine has no {device.type} device; use cpu or leave it empty")
 
 
 def _check_combinations(cfg) -> None:
-    if cfg.checkpoint.resume and cfg.offline.dataset:
-        raise ConfigError("checkpoint.resume is not allowed with offline.dataset: offline runs are not resumable yet")
     if cfg.loss.auto_alpha and cfg.loss.alpha_init <= 0:
         raise ConfigError(
             f"loss.alpha_init={cfg.loss.alpha_init!r} is not allowed with loss.auto_alpha=true: "

@@ -31,7 +31,15 @@ log = logging.getLogger(__name__)
 
 GOAL_KEYS = ("observation", "achieved_goal", "desired_goal")
 GOAL_KEY = "desired_goal"
+TRAIN_SEED_STREAM, EVAL_SEED_STREAM = 0, 1
 _VERSIONED_ID = re.compile(r"^(?P<name>.+)-v(?P<version>\d+)$")
+
+
+def stream_seed(seed: int, stream: int, index: int) -> int:
+    """The env seed for the ``index``-th use of a stream (training restarts by frame count,
+    evaluations by step). Offsets such as ``seed + frames`` and ``seed + step`` collide, and the
+    training envs would then draw an evaluation's goals; numpy's SeedSequence keeps the streams apart."""
+    return int(np.random.SeedSequence([seed, stream, index]).generate_state(1)[0])
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ from torchrl._utils import timeit
 from torchrl.envs import TransformedEnv
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
+from contrastive_rl.envs import EVAL_SEED_STREAM, stream_seed
+
 log = logging.getLogger(__name__)
-EVAL_SEED_OFFSET = 10_000
 
 
 def episode_metrics(rollout: TensorDict) -> dict[str, float]:
@@ -58,7 +59,7 @@ def record_video(video_env: TransformedEnv, actor, max_steps: int, seed: int, st
 def evaluate_and_record(cfg, eval_env, video_env, actor, step: int, progress) -> dict[str, float]:
     """The ``eval/*`` metrics at ``step``, and the video of its first episode every
     ``logger.video_every`` evaluations; counts the evaluation in ``progress``."""
-    seed = cfg.env.seed + EVAL_SEED_OFFSET + step
+    seed = stream_seed(cfg.env.seed, EVAL_SEED_STREAM, step)
     with timeit("eval"):
         metrics = evaluate(eval_env, actor, cfg.env.max_steps, seed=seed)
     if video_env is not None and progress.evaluations % cfg.logger.video_every == 0:

@@ -68,17 +68,15 @@ def symmetric_infonce_loss(logits: torch.Tensor) -> torch.Tensor:
 def binary_nce_loss(logits: torch.Tensor, weight_negatives: bool = False) -> torch.Tensor:
     """Sigmoid binary cross-entropy over the B x B matrix: 1 on the diagonal, 0 off it.
 
-    Without ``weight_negatives``, the mean over all B^2 entries (original CRL); with it, each row's
-    B - 1 negatives weigh 1 / (B - 1) in all, as much as its positive (stable-CRL code).
+    The mean over all B^2 entries (original CRL); with ``weight_negatives``, each negative entry weighs
+    1 / (B - 1) in that mean, so a row's negatives weigh as much as its positive (stable-CRL code).
     """
     batch = logits.shape[-1]
     labels = torch.eye(batch, device=logits.device, dtype=logits.dtype)
     bce = F.binary_cross_entropy_with_logits(logits, labels.expand_as(logits), reduction="none")
-    if not weight_negatives:
-        return bce.mean((-1, -2))
-    positive = bce.diagonal(dim1=-2, dim2=-1).mean(-1)
-    negative = (bce.sum((-1, -2)) - bce.diagonal(dim1=-2, dim2=-1).sum(-1)) / (batch * max(batch - 1, 1))
-    return positive + negative
+    if weight_negatives:
+        bce = bce * (labels + (1 - labels) / max(batch - 1, 1))
+    return bce.mean((-1, -2))
 
 
 def logsumexp_penalty(logits: torch.Tensor) -> torch.Tensor:
@@ -108,7 +106,9 @@ class ContrastiveLoss(LossModule):
     as ``bc_coef * BC + (1 - bc_coef) * actor`` where BC = -log pi(a_data | s, g). The critic's
     parameters are detached in that loss, so it never changes them. A fraction
     ``random_goal_fraction`` of the rows gives the actor the goal of the previous row instead of its own
-    future goal (those rows are left out of BC, whose data action aimed at the row's own goal).
+    future goal. BC always reads a row's own goal, the one its data action aimed at: it is averaged over
+    the rows that kept their goal, and when no row did (``random_goal_fraction=1``) the policy is
+    evaluated once more, at every row's own goal, for BC alone.
 
     Args:
         actor_network: a probabilistic actor reading ``observation`` and ``goal``.
@@ -314,8 +314,8 @@ class ContrastiveLoss(LossModule):
         goal_repr = torch.cat([goal_repr.roll(1, 1)[:, :num_random], goal_repr[:, num_random:]], 1)
         return goal, goal_repr, num_random
 
-    def _actor_loss(self, observation, state, data_action, goal, goal_repr):
-        goal, goal_repr, num_random = self._actor_goals(goal, goal_repr)
+    def _actor_loss(self, observation, state, data_action, own_goal, own_goal_repr):
+        goal, goal_repr, num_random = self._actor_goals(own_goal, own_goal_repr)
         with self.actor_network_params.to_module(self.actor_network):
             dist = self.actor_network.get_dist(self._actor_input(observation, goal, state))
         action = dist.rsample()
@@ -331,7 +331,13 @@ class ContrastiveLoss(LossModule):
         ).min(0).values
         loss_actor = (self.alpha.detach() * log_prob - critic_value).mean()
         if self.bc_coef:
-            loss_bc = -dist.log_prob(self._inside_support(data_action))[num_random:].mean()
+            data_action = self._inside_support(data_action)
+            if num_random < len(data_action):
+                loss_bc = -dist.log_prob(data_action)[num_random:].mean()
+            else:
+                with self.actor_network_params.to_module(self.actor_network):
+                    own_goal_dist = self.actor_network.get_dist(self._actor_input(observation, own_goal, state))
+                loss_bc = -own_goal_dist.log_prob(data_action).mean()
             loss_actor = self.bc_coef * loss_bc + (1 - self.bc_coef) * loss_actor
         return loss_actor, log_prob
 

@@ -34,12 +34,14 @@ class RunProgress:
     the networks, the optimizer and the replay buffer.
 
     Frame counts are global (over data-parallel ranks), as the config's; ``num_updates`` counts the
-    offline gradient steps first, then the online ones; ``update_credit`` carries the fraction of an
+    offline gradient steps first, then the online ones; checkpoints fall due by env steps online
+    (``next_checkpoint``) and by gradient steps offline (``next_offline_checkpoint``); ``update_credit`` carries the fraction of an
     update that ``optim.utd_ratio`` owes the frames collected so far.
     """
 
     next_eval: int
     next_checkpoint: int
+    next_offline_checkpoint: int
     collected_frames: int = 0
     num_updates: int = 0
     skipped_updates: int = 0
@@ -49,7 +51,8 @@ class RunProgress:
 
     @classmethod
     def start(cls, cfg) -> RunProgress:
-        return cls(next_eval=cfg.logger.eval_interval, next_checkpoint=cfg.checkpoint.interval)
+        interval = cfg.checkpoint.interval
+        return cls(next_eval=cfg.logger.eval_interval, next_checkpoint=interval, next_offline_checkpoint=interval)
 
     def credit_updates(self, frames: int, utd_ratio: float) -> int:
         """Updates owed to ``frames`` new frames at ``utd_ratio``; the fraction left carries over."""
@@ -90,7 +93,7 @@ def planned_updates(cfg) -> int:
     collected after ``collector.init_random_frames``, counted as the training loop credits them."""
     total = cfg.offline.gradient_steps if cfg.offline.dataset else 0
     if trains_online(cfg):
-        counter = RunProgress(next_eval=0, next_checkpoint=0)
+        counter = RunProgress(next_eval=0, next_checkpoint=0, next_offline_checkpoint=0)
         frames_per_batch = cfg.collector.frames_per_batch
         while counter.collected_frames < cfg.collector.total_frames:
             counter.collected_frames += frames_per_batch

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 from tensordict.utils import NestedKey
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.data.replay_buffers import Sampler
@@ -164,3 +164,23 @@ class FutureGoalReplayBuffer(TensorDictReplayBuffer):
     def end_episodes(self) -> None:
         """Cut every env's episode at its newest stored step (see ``FutureGoalSampler.end_episodes``)."""
         self.sampler.end_episodes(self.storage)
+
+    @property
+    def write_count(self) -> int:
+        """Time slots written since the buffer was made; each holds one transition per env."""
+        return self.writer.state_dict()["_write_count"]
+
+    def written_since(self, count: int) -> TensorDict:
+        """``[num_envs, L]``: what was written after the first ``count`` time slots, oldest first; the
+        last ``time_capacity`` slots at most, since older ones are overwritten."""
+        written = self.write_count
+        length = min(written - count, self.time_capacity)
+        slots = torch.arange(written - length, written, device=self.storage.device) % self.time_capacity
+        return self.storage[:][slots].transpose(0, 1)
+
+    def write_from(self, count: int, rows: TensorDict) -> None:
+        """Write ``rows`` (``[num_envs, L]``) as time slots ``count`` to ``count + L - 1``, exactly where
+        and as ``extend`` wrote them then: replaying ``written_since`` pieces in order rebuilds the
+        storage, its length, the write cursor and the sampler's state."""
+        self.writer.load_state_dict({"_cursor": count % self.time_capacity, "_write_count": count})
+        self.extend(rows)

@@ -152,19 +152,33 @@ def make_loss(make_cfg, *overrides):
 # --------------
 
 
-def filled_buffer():
-    """A replay buffer of about 60 MB with fixed contents, so a save takes a while to kill."""
+def filled_buffer(steps=(1,), buffer=None, *, chunk_length=10_000):
+    """``buffer`` (by default a new, empty one) extended with one deterministic chunk per step of
+    ``steps``, in order: ``filled_buffer(range(1, k + 1))`` is the buffer of a run that has added the
+    chunks of steps 1 to k, and ``filled_buffer(())`` an empty buffer of the same shape.
+
+    The buffer has 2 envs and room for 2.5 chunks, so that it wraps around and overwrites the oldest
+    rows; a chunk (seeded with its step) holds ``chunk_length`` time slots per env, about 42 MB by
+    default: big enough that writing it to disk takes a while to kill.
+    """
     from tensordict import TensorDict
 
     from contrastive_rl.replay import FutureGoalReplayBuffer
 
-    generator = torch.Generator().manual_seed(0)
-    buffer = FutureGoalReplayBuffer(capacity=60_000, num_envs=2, batch_size=8, gamma=0.9)
-    data = TensorDict({
-        "observation": torch.randn(2, 30_000, 256, generator=generator),
-        "desired_goal": torch.randn(2, 30_000, 2, generator=generator),
-        "next": {"achieved_goal": torch.randn(2, 30_000, 2, generator=generator),
-                 "done": torch.rand(2, 30_000, 1, generator=generator) < 0.02},
-    }, [2, 30_000])
-    buffer.extend(data)
+    if buffer is None:
+        buffer = FutureGoalReplayBuffer(capacity=5 * chunk_length, num_envs=2, batch_size=8, gamma=0.9)
+    for step in steps:
+        generator = torch.Generator().manual_seed(step)
+        shape = (2, chunk_length)
+        buffer.extend(TensorDict({
+            "observation": torch.randn(*shape, 256, generator=generator),
+            "action": torch.rand(*shape, 4, generator=generator) * 2 - 1,
+            "desired_goal": torch.randn(*shape, 2, generator=generator),
+            "next": {
+                "observation": torch.randn(*shape, 256, generator=generator),
+                "achieved_goal": torch.randn(*shape, 2, generator=generator),
+                "done": torch.rand(*shape, 1, generator=generator) < 0.02,
+                "reward": -torch.rand(*shape, 1, generator=generator),
+            },
+        }, list(shape)))
     return buffer

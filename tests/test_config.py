@@ -3,7 +3,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, check_config, script
+from conftest import ROOT, TINY_OVERRIDES, check_config, read_scalar, script
 from contrastive_rl.config import ConfigError, validate_config
 
 SEED_TABLE = {
@@ -136,3 +136,80 @@ def test_presets_compose_and_validate(config_name, expected):
 def test_cudagraphs_need_a_gpu(make_cfg):
     with pytest.raises(ConfigError, match="compile.cudagraphs=true is not allowed on device 'cpu'"):
         check_config(make_cfg("compile.cudagraphs=true", "device=cpu"))
+
+
+def config_yaml_keys() -> dict:
+    """Every key of config.yaml with its default, read from the file itself."""
+    from omegaconf import OmegaConf
+
+    from contrastive_rl.config import flat_items
+
+    return flat_items(OmegaConf.load(ROOT / "config.yaml"))
+
+
+# String keys that take any text: only a value of another type is wrong for them.
+FREE_TEXT = {"env.env_name", "logger.project_name", "logger.exp_name", "offline.dataset", "offline.root",
+             "checkpoint.resume"}
+
+
+def wrong_values(key: str, default) -> list:
+    """Values of the wrong type, or out of range, for a key whose default is ``default``."""
+    if isinstance(default, bool):
+        return ["maybe", 2]
+    if isinstance(default, int):
+        return ["abc", 1.5, -1]
+    if isinstance(default, float):
+        return ["abc", -1.0, True]
+    if key == "loss.target_entropy":  # a number or auto
+        return ["high", True]
+    return [5] if key in FREE_TEXT else [5, "no_such_value"]
+
+
+BAD_INPUTS = [(key, value) for key, default in config_yaml_keys().items() for value in wrong_values(key, default)]
+
+
+@pytest.mark.parametrize("key,value", BAD_INPUTS, ids=[f"{key}={value}" for key, value in BAD_INPUTS])
+def test_every_key_of_config_yaml_refuses_a_wrong_value(make_cfg, key, value):
+    """Driven by config.yaml: a key added there without a check fails here."""
+    with pytest.raises(ConfigError) as error:
+        check_config(make_cfg(f"{key}={value}"))
+    message = str(error.value)
+    assert message.startswith(f"{key}=") and " is not allowed" in message, message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("override,pattern", [
+    ("+model.depth=3", r"^model.depth=3 is not allowed: config.yaml has no such key$"),
+    ("+extra=1", r"^extra=1 is not allowed: config.yaml has no such key$"),
+    ("device=cuda:3", r"^device='cuda:3' is not allowed: this machine has "),
+    ("device=tpu", r"^device='tpu' is not allowed: "),
+    ("device=mps", r"^device='mps' is not allowed: this machine has no mps device"),
+    ("env.seed=4294967296", r"^env.seed=4294967296 is not allowed: it must lie in \[0, 4294967295\]$"),
+    ("env.seed=-3", r"^env.seed=-3 is not allowed: it must lie in \[0, 4294967295\]$"),
+    ("loss.target_entropy=high", r"^loss.target_entropy='high' is not allowed: use a number or auto"),
+    ("logger.mode=cloud", r"^logger.mode='cloud' is not allowed: use one of offline, online, disabled$"),
+])
+def test_unknown_keys_missing_devices_and_seeds_the_envs_cannot_take_are_named(make_cfg, override, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        check_config(make_cfg(override))
+
+
+@pytest.mark.parametrize("override", ["env.seed=4294967295", "loss.target_entropy=-2.5", "loss.target_entropy=auto",
+                                      "logger.backend=null", "compile.compile_mode=null", "device=cpu",
+                                      "env.image_size=16", "loss.logsumexp_coef=0"])
+def test_edge_values_that_work_pass(make_cfg, override):
+    check_config(make_cfg(override))
+
+
+@pytest.mark.slow
+def test_edge_configurations_run_to_the_end(tmp_path):
+    """A run shorter than its random frames (no update at all), with a key irrelevant to it (an image
+    size below the encoder's minimum, in a state-based run)."""
+    result = subprocess.run(
+        script(*TINY_OVERRIDES, "collector.total_frames=200", "collector.init_random_frames=1000",
+               "env.image_size=16", f"hydra.run.dir={tmp_path}"),
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert read_scalar(tmp_path, "train/num_updates")[-1][1] == 0
+    assert [step for step, _ in read_scalar(tmp_path, "eval/success_final")] == [200]

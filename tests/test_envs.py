@@ -136,3 +136,19 @@ def test_episode_metrics_use_the_first_episode_of_each_env():
     assert metrics["final_goal_distance"] == pytest.approx(5.0)
     assert metrics["return"] == pytest.approx((1 + 7) / 2)
     assert metrics["episode_length"] == pytest.approx((2 + 4) / 2)
+
+
+def test_training_and_evaluation_seed_streams_never_meet():
+    """With ``seed + frames`` and ``seed + 10000 + step`` the training envs restarted at frame 12000
+    drew the goals of the evaluation at step 2000; the two streams of seeds share none, even counting
+    the consecutive seeds a vector env gives its envs."""
+    from contrastive_rl.envs import EVAL_SEED_STREAM, TRAIN_SEED_STREAM, stream_seed
+
+    steps = range(0, 200_000, 1000)
+    train = {stream_seed(0, TRAIN_SEED_STREAM, step) + env for step in steps for env in range(4)}
+    evaluation = {stream_seed(0, EVAL_SEED_STREAM, step) + env for step in steps for env in range(10)}
+    assert len(train) == 4 * len(steps) and len(evaluation) == 10 * len(steps)
+    assert not train & evaluation
+    assert stream_seed(0, TRAIN_SEED_STREAM, 1000) == stream_seed(0, TRAIN_SEED_STREAM, 1000)
+    assert stream_seed(1, TRAIN_SEED_STREAM, 1000) != stream_seed(0, TRAIN_SEED_STREAM, 1000)
+    assert all(0 <= seed < 2**32 for seed in train | evaluation)

@@ -38,7 +38,8 @@ def test_binary_nce_equals_hand_computation():
     terms = [[bce(LOGITS[i, j].item(), float(i == j)) for j in range(3)] for i in range(3)]
     flat_mean = sum(map(sum, terms)) / 9
     assert binary_nce_loss(LOGITS).item() == pytest.approx(flat_mean, rel=1e-6)
-    weighted = sum(terms[i][i] + sum(terms[i][j] for j in range(3) if j != i) / 2 for i in range(3)) / 3
+    # The released stable-CRL code: the mean over all B^2 entries, each negative weighted 1 / (B - 1).
+    weighted = sum(terms[i][j] * (1.0 if i == j else 1 / 2) for i in range(3) for j in range(3)) / 9
     assert binary_nce_loss(LOGITS, weight_negatives=True).item() == pytest.approx(weighted, rel=1e-6)
 
 
@@ -153,6 +154,27 @@ def test_bc_coef_one_is_behaviour_cloning_on_own_goal_rows(make_cfg):
     data_action = batch["action"].clamp(-1 + 2e-4, 1 - 2e-4)
     expected = -dist.log_prob(data_action)[2:].mean()
     assert loss_actor.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_bc_with_every_goal_random_clones_the_data_action_at_the_rows_own_goals(make_cfg):
+    _, loss_module = make_loss(make_cfg, "loss.bc_coef=1.0", "loss.random_goal_fraction=1.0")
+    batch = make_batch(8)
+    loss_actor = loss_module(batch)["loss_actor"]
+    assert torch.isfinite(loss_actor)
+    actor = loss_module.actor_network
+    with loss_module.actor_network_params.to_module(actor):
+        dist = actor.get_dist(batch.select("observation", "desired_goal"))
+    expected = -dist.log_prob(batch["action"].clamp(-1 + 2e-4, 1 - 2e-4)).mean()
+    assert loss_actor.item() == pytest.approx(expected.item(), rel=1e-4)
+
+    _, mixed = make_loss(make_cfg, "loss.bc_coef=0.05", "loss.random_goal_fraction=1.0")
+    optimizer = torch.optim.Adam(mixed.parameters(), lr=1e-3)
+    for _ in range(3):
+        losses = mixed(batch)
+        (losses["loss_critic"] + losses["loss_actor"]).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        assert torch.isfinite(losses["loss_actor"])
 
 
 def test_fixed_std_policy_has_the_configured_std_and_bounded_mean(make_cfg):

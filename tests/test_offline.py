@@ -1,12 +1,14 @@
 """Offline data: writing Minari datasets, loading them, bad datasets, and training from them."""
+import signal
 import subprocess
+import time
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_OVERRIDES, check_config, needs_rendering, script
+from conftest import TINY_OVERRIDES, check_config, needs_rendering, read_scalar, script
 from contrastive_rl.config import ConfigError
 from contrastive_rl.envs import register_goal_envs
 from contrastive_rl.offline import load_goal_transitions, load_offline_data, resolve_dataset, split_into_columns
@@ -138,6 +140,61 @@ def test_script_trains_from_a_dataset(tmp_path, maze_dataset, finetune):
     assert steps == ([10, 20, 220, 420] if finetune else [10, 20])
     [updates] = tmp_path.glob("logs/*/scalars/train/num_updates.csv")
     assert float(updates.read_text().splitlines()[-1].split(",")[1]) == (20 + 20 if finetune else 20)
+
+
+def kill_after_a_checkpoint(command: list[str], run_dir, resumable) -> dict:
+    """Run ``command`` and SIGKILL it once its checkpoint's progress satisfies ``resumable``; return
+    that progress."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if (run_dir / "checkpoint.pt").exists():
+                progress = torch.load(run_dir / "checkpoint.pt", weights_only=False)["progress"]
+                if resumable(progress):
+                    process.send_signal(signal.SIGKILL)
+                    break
+            time.sleep(0.02)
+    finally:
+        process.wait()
+    return torch.load(run_dir / "checkpoint.pt", weights_only=False)["progress"]
+
+
+def logged_curves(run_dir) -> dict:
+    # A resumed run logs again the steps after its checkpoint: the later line of a step wins.
+    names = ("train/loss_critic", "train/loss_actor", "eval/final_goal_distance", "eval/success_any")
+    return {name: dict(read_scalar(run_dir, name)) for name in names}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("finetune", [False, True], ids=["killed-offline", "killed-online-after-offline"])
+def test_offline_run_killed_and_resumed_equals_the_uninterrupted_one(tmp_path, maze_dataset, finetune):
+    """Bit-exact on CPU. Offline: killed between gradient-step checkpoints. Offline then online: killed
+    in the online phase, with a buffer small enough that online rows overwrite the dataset's."""
+    root, _ = maze_dataset
+    run = [*TINY_OVERRIDES, "env.env_name=PointMaze_UMaze-v3", "env.max_steps=30", "model.cold_init=false",
+           "offline.dataset=pointmaze/umaze-test-v0", f"offline.root={root}", "offline.eval_interval=20",
+           "buffer.size=300", "optim.utd_ratio=0.1"]
+    if finetune:
+        run += ["offline.gradient_steps=20", "offline.finetune=true", "collector.total_frames=800",
+                "checkpoint.interval=200"]
+        resumable = lambda progress: 0 < progress["collected_frames"] < 800  # noqa: E731
+    else:
+        run += ["offline.gradient_steps=200", "checkpoint.interval=40"]
+        resumable = lambda progress: 0 < progress["num_updates"] < 200  # noqa: E731
+    uninterrupted = subprocess.run(script(*run, f"hydra.run.dir={tmp_path / 'a'}"), capture_output=True, text=True)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+
+    killed_dir = tmp_path / "b"
+    progress = kill_after_a_checkpoint(script(*run, f"hydra.run.dir={killed_dir}"), killed_dir, resumable)
+    assert resumable(progress), progress  # killed before the end
+    resumed = subprocess.run(script(*run, "checkpoint.resume=auto", f"hydra.run.dir={killed_dir}"),
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected, found = logged_curves(tmp_path / "a"), logged_curves(killed_dir)
+    assert found == expected
+    last_step = 20 + 800 if finetune else 200
+    assert max(expected["train/loss_critic"]) == last_step
 
 
 @needs_rendering

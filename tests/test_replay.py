@@ -137,3 +137,38 @@ def test_extend_rejects_batches_of_the_wrong_shape():
     buffer = FutureGoalReplayBuffer(capacity=8, num_envs=2, batch_size=4, gamma=0.9)
     with pytest.raises(ValueError, match="num_envs=2"):
         buffer.extend(EpisodeFeed(3).batch(2))
+
+
+def numbered_batch(start: int, steps: int, num_envs: int = 2) -> TensorDict:
+    """Transitions numbered by write order (env e's value offset by 1000 e), a done every 7 steps."""
+    time = torch.arange(start, start + steps, dtype=torch.float32)
+    values = torch.stack([time + 1000 * env for env in range(num_envs)]).unsqueeze(-1)
+    done = (torch.arange(start, start + steps) % 7 == 6).expand(num_envs, steps).unsqueeze(-1).clone()
+    return TensorDict({"observation": values, "next": {"achieved_goal": values.clone(), "done": done}},
+                      [num_envs, steps])
+
+
+@pytest.mark.parametrize("pieces", [[30], [10, 12, 8], [25, 25, 25], [4, 60, 3]])
+def test_pieces_written_since_checkpoints_rebuild_the_buffer_in_place(pieces):
+    """What ``written_since`` hands each checkpoint, written back with ``write_from`` in order (oldest
+    pieces dropped once overwritten), gives the same storage, cursor, length and sampler state."""
+    original = FutureGoalReplayBuffer(capacity=40, num_envs=2, batch_size=8, gamma=0.9)
+    saved, written = [], 0
+    for steps in pieces:
+        for start in range(written, written + steps, 5):
+            original.extend(numbered_batch(start, min(5, written + steps - start)))
+        original.end_episodes()
+        rows = original.written_since(written)
+        saved.append((original.write_count - rows.shape[1], original.write_count, rows.clone()))
+        written = original.write_count
+    assert all(rows.shape[1] <= original.time_capacity for _, _, rows in saved)
+    live = [(start, rows) for start, end, rows in saved if end + original.time_capacity > written]
+
+    restored = FutureGoalReplayBuffer(capacity=40, num_envs=2, batch_size=8, gamma=0.9)
+    for start, rows in live:
+        restored.write_from(start, rows)
+    assert len(restored) == len(original) and restored.write_count == original.write_count
+    assert restored.writer.state_dict() == original.writer.state_dict()
+    assert restored.sampler.newest_time == original.sampler.newest_time
+    assert (restored.storage[:] == original.storage[:]).all()
+    torch.testing.assert_close(restored.sampler.horizon(restored.storage), original.sampler.horizon(original.storage))
