@@ -14,10 +14,9 @@ from pathlib import Path
 import torch
 from tensordict import TensorDict
 from hydra.utils import to_absolute_path
-from omegaconf import OmegaConf
 from torchrl.collectors import Collector
 
-from contrastive_rl.config import ConfigError
+from contrastive_rl.config import ConfigError, flat_items
 from contrastive_rl.envs import TRAIN_SEED_STREAM, stream_seed
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -28,18 +27,7 @@ RESUMABLE_KEYS = ("checkpoint.", "collector.total_frames", "logger.backend", "lo
 
 def flat_config(cfg) -> dict:
     """The resolved config as ``{"group.key": value}``, without the entries a resumption may change."""
-
-    def flatten(node: dict, prefix: str = "") -> dict:
-        flat = {}
-        for key, value in node.items():
-            if isinstance(value, dict):
-                flat.update(flatten(value, f"{prefix}{key}."))
-            else:
-                flat[f"{prefix}{key}"] = value
-        return flat
-
-    config = flatten(OmegaConf.to_container(cfg, resolve=True))
-    return {key: value for key, value in config.items() if not key.startswith(RESUMABLE_KEYS)}
+    return {key: value for key, value in flat_items(cfg).items() if not key.startswith(RESUMABLE_KEYS)}
 
 
 def find_checkpoint(cfg) -> Path | None:
