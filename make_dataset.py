@@ -8,6 +8,11 @@ PointMaze and FetchReach, with Gaussian action noise of std ``--noise`` and, wit
 ``--random-prob`` per step, a uniform random action instead) and writes the episodes with Minari's
 DataCollector under ``--root`` (then train with ``offline.dataset=<id> offline.root=<root>``, or
 ``offline.dataset=<root>/<id>``). Prints the data policy's own success rate.
+
+    python make_dataset.py --ogbench pointmaze-medium-navigate-v0
+
+regenerates one of OGBench's pointmaze navigate datasets (``contrastive_rl/locomaze.py``) as the
+``.npz`` and ``-val.npz`` files that ogbench's loader reads, by default where it looks for them.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import argparse
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import gymnasium as gym
@@ -22,11 +28,13 @@ import numpy as np
 
 from contrastive_rl.config import ConfigError
 from contrastive_rl.envs import SuccessInfoReader, check_goal_observation_space, resolve_env_name
+from contrastive_rl.locomaze import write_navigate_dataset
 from contrastive_rl.offline import _datasets_path
 from contrastive_rl.pixels import make_pixel_gym_env, supports_image_goals
 from contrastive_rl.scripted import make_controller
 
 POLICIES = ("random", "scripted")
+OGBENCH_ROOT = Path("~/.ogbench/data")  # where ogbench's loader looks by default
 
 
 def make_dataset(
@@ -99,33 +107,54 @@ def make_dataset(
     return stats
 
 
+def regenerate_ogbench(name: str, root: Path, episodes: int | None, steps: int | None, seed: int) -> None:
+    start = time.perf_counter()
+    try:
+        paths = write_navigate_dataset(name, root, episodes=episodes, steps=steps, seed=seed)
+    except ConfigError as error:
+        sys.exit(f"error: {error}")
+    size = sum(path.stat().st_size for path in paths.values())
+    print(f"wrote {paths['train']} and {paths['val']} in {time.perf_counter() - start:.0f} s "
+          f"({size / 2**20:.1f} MB)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--env", required=True, help="goal env id, e.g. PointMaze_UMaze-v3")
+    parser.add_argument("--ogbench", metavar="NAME", help="instead: regenerate OGBench's dataset NAME "
+                        "(pointmaze-{medium,large,giant,teleport}-navigate-v0, train and val npz) under --root "
+                        f"(default {OGBENCH_ROOT}) with its recipe")
+    parser.add_argument("--env", help="goal env id, e.g. PointMaze_UMaze-v3")
     parser.add_argument("--policy", choices=POLICIES, default="scripted")
-    parser.add_argument("--episodes", type=int, default=100)
-    parser.add_argument("--max-steps", type=int, default=100)
+    parser.add_argument("--episodes", type=int, default=None, help="default 100 (--ogbench: the recipe's)")
+    parser.add_argument("--max-steps", type=int, default=None, help="default 100 (--ogbench: the recipe's)")
     parser.add_argument(
         "--noise", type=float, default=0.0, help="std of the Gaussian action noise (share of half the range)"
     )
     parser.add_argument(
         "--random-prob", type=float, default=0.0, help="per-step probability of a uniform random action"
     )
-    parser.add_argument("--dataset-id", required=True, help="Minari id, namespace/name-vN")
-    parser.add_argument("--root", type=Path, default=Path("datasets"), help="directory of Minari datasets")
+    parser.add_argument("--dataset-id", help="Minari id, namespace/name-vN")
+    parser.add_argument("--root", type=Path, default=None, help="directory of Minari datasets (default datasets)")
     parser.add_argument("--from-pixels", action="store_true", help="also store rendered images (PointMaze)")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()
     for name in ("episodes", "max_steps"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             sys.exit(f"error: --{name.replace('_', '-')}={getattr(args, name)} is not allowed: it must be >= 1")
     if not 0.0 <= args.random_prob <= 1.0 or args.noise < 0:
         sys.exit("error: --random-prob must lie in [0, 1] and --noise must be >= 0")
+    if args.ogbench:
+        regenerate_ogbench(args.ogbench, (args.root or OGBENCH_ROOT).expanduser(), args.episodes, args.max_steps,
+                           args.seed)
+        return
+    if not args.env or not args.dataset_id:
+        sys.exit("error: --env and --dataset-id are required (or --ogbench NAME)")
+    args.root = args.root or Path("datasets")
     try:
         stats = make_dataset(
-            args.env, policy=args.policy, episodes=args.episodes, max_steps=args.max_steps,
+            args.env, policy=args.policy, episodes=args.episodes or 100, max_steps=args.max_steps or 100,
             dataset_id=args.dataset_id, root=args.root, noise=args.noise, random_prob=args.random_prob,
             seed=args.seed, overwrite=args.overwrite, image_size=args.image_size if args.from_pixels else None,
         )
