@@ -28,13 +28,12 @@ import numpy as np
 
 from contrastive_rl.config import ConfigError
 from contrastive_rl.envs import SuccessInfoReader, check_goal_observation_space, resolve_env_name
-from contrastive_rl.locomaze import write_navigate_dataset
+from contrastive_rl.locomaze import OGBENCH_ROOT, write_navigate_dataset
 from contrastive_rl.offline import _datasets_path
 from contrastive_rl.pixels import make_pixel_gym_env, supports_image_goals
 from contrastive_rl.scripted import make_controller
 
 POLICIES = ("random", "scripted")
-OGBENCH_ROOT = Path("~/.ogbench/data")  # where ogbench's loader looks by default
 
 
 def make_dataset(

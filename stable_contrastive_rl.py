@@ -39,7 +39,7 @@ from utils import (
     make_agent,
     make_augmentation,
     make_collector,
-    make_eval_environment,
+    make_eval_environments,
     make_logger,
     make_loss_module,
     make_optimizer,
@@ -79,9 +79,9 @@ def main(cfg: "DictConfig"):  # noqa: F821
     logger = make_logger(cfg, exp_name) if is_main else None
 
     # Envs, networks, loss, optimizer, replay buffer
-    eval_env = make_eval_environment(cfg, env_name)
+    eval_envs = make_eval_environments(cfg, env_name)
     video_env = make_video_environment(cfg, env_name, logger) if is_main else None
-    actor, critic = make_agent(cfg, eval_env, keys, device)
+    actor, critic = make_agent(cfg, next(iter(eval_envs.values())), keys, device)
     loss_module = make_loss_module(cfg, actor, critic, keys, world_size)
     if world_size > 1:
         broadcast_from_rank_zero(loss_module)
@@ -183,7 +183,7 @@ def main(cfg: "DictConfig"):  # noqa: F821
                 pbar.update(batch_updates)
                 if is_main and (progress.num_updates % cfg.offline.eval_interval == 0
                                 or progress.num_updates == offline_steps):
-                    metrics.update(evaluate_and_record(cfg, eval_env, video_env, actor, progress.num_updates, progress))
+                    metrics.update(evaluate_and_record(cfg, eval_envs, video_env, actor, progress.num_updates, progress))
                     pbar.show_success(metrics["eval/success_final"], progress.num_updates)
                 metrics.update(progress.rates(time.perf_counter() - start_time))
                 log_metrics(logger, metrics, progress.num_updates)
@@ -223,7 +223,7 @@ def main(cfg: "DictConfig"):  # noqa: F821
                         or progress.collected_frames >= cfg.collector.total_frames):
                     progress.next_eval += cfg.logger.eval_interval
                     if is_main:
-                        metrics.update(evaluate_and_record(cfg, eval_env, video_env, actor, progress.collected_frames,
+                        metrics.update(evaluate_and_record(cfg, eval_envs, video_env, actor, progress.collected_frames,
                                                            progress))
                         pbar.show_success(metrics["eval/success_final"], progress.num_updates)
 
@@ -245,7 +245,7 @@ def main(cfg: "DictConfig"):  # noqa: F821
         if not train_env.is_closed:
             train_env.close()
 
-    for env in (eval_env, video_env):
+    for env in (*eval_envs.values(), video_env):
         if env is not None and not env.is_closed:
             env.close()
     if is_main:

@@ -30,6 +30,7 @@ from contrastive_rl.envs import (
     stream_seed,
     vector_env_maker,
 )
+from contrastive_rl.locomaze import NUM_TASKS, is_ogbench_name
 from contrastive_rl.loss import ContrastiveLoss, make_contrastive_loss
 from contrastive_rl.models import ContrastiveCritic, FixedStdNormalHead, GoalConditionedNet
 from contrastive_rl.offline import split_into_columns
@@ -61,13 +62,17 @@ def make_train_environment(cfg, env_name: str) -> TransformedEnv:
     return apply_env_transforms(train_env)
 
 
-def make_eval_environment(cfg, env_name: str) -> TransformedEnv:
-    """``logger.num_eval_episodes`` copies of the env in one vector env, one episode each."""
-    eval_env = vector_env_maker(
-        env_name, cfg.env.max_steps, cfg.logger.num_eval_episodes, cfg.env.from_pixels, cfg.env.image_size
-    )
-    eval_env.set_seed(stream_seed(cfg.env.seed, EVAL_SEED_STREAM, 0))
-    return apply_env_transforms(eval_env)
+def make_eval_environments(cfg, env_name: str) -> dict[int | None, TransformedEnv]:
+    """``logger.num_eval_episodes`` copies of the env in one vector env, one episode each, on fresh
+    goals (key None); for an OGBench env, one such vector env per evaluation task (keys 1 to 5)."""
+    tasks = range(1, NUM_TASKS + 1) if is_ogbench_name(env_name) else [None]
+    eval_envs = {}
+    for task in tasks:
+        eval_env = vector_env_maker(env_name, cfg.env.max_steps, cfg.logger.num_eval_episodes, cfg.env.from_pixels,
+                                    cfg.env.image_size, task)
+        eval_env.set_seed(stream_seed(cfg.env.seed, EVAL_SEED_STREAM, 0))
+        eval_envs[task] = apply_env_transforms(eval_env)
+    return eval_envs
 
 
 def make_video_environment(cfg, env_name: str, logger) -> TransformedEnv | None:

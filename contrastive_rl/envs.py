@@ -19,6 +19,7 @@ from torchrl.envs.gym_like import BaseInfoDictReader
 from torchrl.envs.libs.gym import GymEnv, GymWrapper
 
 from contrastive_rl.config import ConfigError
+from contrastive_rl.locomaze import check_ogbench_env, is_ogbench_name, make_ogbench_env
 from contrastive_rl.pixels import (
     GOAL_PIXELS_KEY,
     PIXELS_KEY,
@@ -102,6 +103,13 @@ def resolve_env_name(env_name: str) -> str:
 def resolve_goal_env(cfg) -> str:
     """The env id to use for ``env.env_name``, after checking that it has goals and, where the config
     asks for them, image goals and offscreen rendering. Raises ConfigError naming the key."""
+    if is_ogbench_name(cfg.env.env_name):
+        check_ogbench_env(cfg.env.env_name)
+        for key in ("env.from_pixels", "logger.video_every"):
+            if OmegaConf.select(cfg, key):
+                raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} is not allowed with an OGBench env yet: "
+                                  "images and videos are for the gymnasium-robotics envs")
+        return cfg.env.env_name
     env_name = resolve_env_name(cfg.env.env_name)
     env = gym.make(env_name)
     try:
@@ -171,8 +179,8 @@ class SuccessInfoReader(BaseInfoDictReader):
 
 def env_maker(env_name: str, max_steps: int, from_pixels: bool = False, image_size: int = 64) -> GymEnv:
     register_goal_envs()  # worker processes start with an empty gymnasium registry
-    if from_pixels:
-        env = GymWrapper(make_pixel_gym_env(env_name, max_steps, image_size))
+    if from_pixels or is_ogbench_name(env_name):
+        env = GymWrapper(gym_env_factory(env_name, max_steps, from_pixels, image_size)())
     else:
         env = GymEnv(env_name, max_episode_steps=max_steps)
     env.set_info_dict_reader(SuccessInfoReader())
@@ -180,22 +188,26 @@ def env_maker(env_name: str, max_steps: int, from_pixels: bool = False, image_si
 
 
 def gym_env_factory(
-    env_name: str, max_steps: int, from_pixels: bool = False, image_size: int = 64
+    env_name: str, max_steps: int, from_pixels: bool = False, image_size: int = 64, task_id: int | None = None
 ) -> Callable[[], gym.Env]:
-    """A function making one gymnasium env: the goal env, or its image version (``from_pixels``)."""
+    """A function making one gymnasium env: the goal env, or its image version (``from_pixels``); for
+    an OGBench env, the evaluation task ``task_id`` if given."""
+    if is_ogbench_name(env_name):
+        return functools.partial(make_ogbench_env, env_name, max_steps, task_id)
     if from_pixels:
         return functools.partial(make_pixel_gym_env, env_name, max_steps, image_size)
     return functools.partial(gym.make, env_name, max_episode_steps=max_steps)
 
 
 def vector_env_maker(
-    env_name: str, max_steps: int, num_envs: int, from_pixels: bool = False, image_size: int = 64
+    env_name: str, max_steps: int, num_envs: int, from_pixels: bool = False, image_size: int = 64,
+    task_id: int | None = None,
 ) -> GymWrapper:
     """``num_envs`` copies of the env in one gymnasium vector env, stepped in this process: one TorchRL
     step (its tensordicts, specs and transforms) then serves all of them. Autoreset is off because
     TorchRL resets finished envs itself; gymnasium's default would add a reset step to every episode."""
     register_goal_envs()
-    make = gym_env_factory(env_name, max_steps, from_pixels, image_size)
+    make = gym_env_factory(env_name, max_steps, from_pixels, image_size, task_id)
     vector_env = gym.vector.SyncVectorEnv([make] * num_envs, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
     env = GymWrapper(vector_env)
     env.set_info_dict_reader(SuccessInfoReader(env.batch_size))

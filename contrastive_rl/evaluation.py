@@ -56,12 +56,18 @@ def record_video(video_env: TransformedEnv, actor, max_steps: int, seed: int, st
     return rollout
 
 
-def evaluate_and_record(cfg, eval_env, video_env, actor, step: int, progress) -> dict[str, float]:
+def evaluate_and_record(cfg, eval_envs: dict, video_env, actor, step: int, progress) -> dict[str, float]:
     """The ``eval/*`` metrics at ``step``, and the video of its first episode every
-    ``logger.video_every`` evaluations; counts the evaluation in ``progress``."""
+    ``logger.video_every`` evaluations; counts the evaluation in ``progress``. With one env per
+    evaluation task (OGBench), each task's final success (``eval/taskK_success``), their mean
+    (``eval/overall_success``, the figure OGBench reports) and the other metrics averaged over tasks."""
     seed = stream_seed(cfg.env.seed, EVAL_SEED_STREAM, step)
     with timeit("eval"):
-        metrics = evaluate(eval_env, actor, cfg.env.max_steps, seed=seed)
+        per_task = {task: evaluate(env, actor, cfg.env.max_steps, seed=seed) for task, env in eval_envs.items()}
+    metrics = {key: sum(task[key] for task in per_task.values()) / len(per_task) for key in next(iter(per_task.values()))}
+    if None not in per_task:
+        metrics.update({f"task{task}_success": task_metrics["success_final"] for task, task_metrics in per_task.items()})
+        metrics["overall_success"] = metrics["success_final"]
     if video_env is not None and progress.evaluations % cfg.logger.video_every == 0:
         with timeit("video"):
             record_video(video_env, actor, cfg.env.max_steps, seed=seed, step=step)

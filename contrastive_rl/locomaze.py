@@ -1,4 +1,5 @@
-"""OGBench's pointmaze ``navigate`` datasets, regenerated with the env's own oracle.
+"""OGBench's mazes: their envs as goal envs, their datasets, and the pointmaze ``navigate`` datasets
+regenerated with the env's own oracle.
 
 OGBench downloads its datasets at run time; its pointmaze ones are made by the maze's oracle, so they
 can be made again offline, following the recipe of OGBench's data-generation script: each episode
@@ -13,9 +14,15 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
+import torch
+from tensordict import TensorDict
 
 from contrastive_rl.config import ConfigError
 
+OGBENCH_MAZES = ("pointmaze", "antmaze", "humanoidmaze")
+NUM_TASKS = 5  # evaluation tasks of every OGBench maze
+OGBENCH_DATASET_PREFIX = "ogbench:"
+OGBENCH_ROOT = Path("~/.ogbench/data")  # where ogbench's loader looks by default
 NAVIGATE_DATASETS = {  # dataset name: (training episodes, steps per episode)
     "pointmaze-medium-navigate-v0": (1000, 1001),
     "pointmaze-large-navigate-v0": (1000, 1001),
@@ -30,6 +37,92 @@ def env_id(dataset_name: str) -> str:
     """The env of a dataset: ``pointmaze-medium-navigate-v0`` -> ``pointmaze-medium-v0``."""
     parts = dataset_name.split("-")
     return "-".join(parts[:-2] + parts[-1:])
+
+
+def is_ogbench_name(name: str) -> bool:
+    """An OGBench dataset name such as ``pointmaze-medium-navigate-v0`` (its env and data type)."""
+    return name.split("-")[0] in OGBENCH_MAZES and len(name.split("-")) >= 4
+
+
+def check_ogbench_env(name: str, key: str = "env.env_name") -> None:
+    import ogbench  # noqa: F401  (registers the envs)
+
+    if env_id(name) not in gym.registry:
+        raise ConfigError(
+            f"{key}={name!r} is not allowed: OGBench has no env {env_id(name)!r} (use a dataset name such as "
+            "pointmaze-medium-navigate-v0)"
+        )
+
+
+class OGBenchGoalEnv(gym.Wrapper):
+    """An OGBench maze as a goal env: Dict observations whose goal entries are full observations, the
+    goal representation of OGBench's agents; ``desired_goal`` is the ``info["goal"]`` of the last
+    reset. With ``task_id``, every reset starts that evaluation task (its start and goal)."""
+
+    def __init__(self, env: gym.Env, task_id: int | None = None) -> None:
+        super().__init__(env)
+        space = env.observation_space
+        self.observation_space = gym.spaces.Dict(observation=space, achieved_goal=space, desired_goal=space)
+        self.task_id = task_id
+        self.goal = None
+
+    def reset(self, *, seed=None, options=None):
+        if self.task_id is not None:
+            options = {**(options or {}), "task_id": self.task_id}
+        observation, info = self.env.reset(seed=seed, options=options)
+        self.goal = np.asarray(info["goal"], dtype=observation.dtype)
+        return self._with_goals(observation), info
+
+    def step(self, action):
+        observation, reward, terminated, truncated, info = self.env.step(action)
+        return self._with_goals(observation), reward, terminated, truncated, info
+
+    def _with_goals(self, observation: np.ndarray) -> dict[str, np.ndarray]:
+        return {"observation": observation, "achieved_goal": observation, "desired_goal": self.goal}
+
+
+def make_ogbench_env(name: str, max_steps: int, task_id: int | None = None) -> OGBenchGoalEnv:
+    import ogbench  # noqa: F401  (registers the envs)
+
+    return OGBenchGoalEnv(gym.make(env_id(name), max_episode_steps=max_steps), task_id)
+
+
+def load_ogbench_transitions(dataset_name: str, root: Path, *, observation_dim: int, action_dim: int) -> TensorDict:
+    """The transitions of OGBench's ``<root>/<dataset_name>.npz``, read by ogbench's own loader (which
+    downloads a missing file where the internet can be reached), as a ``[N]`` TensorDict with the keys
+    the replay buffer stores: the goal entries are full observations, ``("next", "done")`` ends each
+    episode (OGBench's ``terminals``)."""
+    import ogbench
+
+    key = f"offline.dataset='{OGBENCH_DATASET_PREFIX}{dataset_name}'"
+    path = root / f"{dataset_name}.npz"
+    if not path.is_file():
+        try:
+            ogbench.download_datasets([dataset_name], str(root))
+        except Exception as error:  # no network, no such file on OGBench's server, ...
+            raise ConfigError(
+                f"{key} not found: no {path}, and downloading it failed ({type(error).__name__}); regenerate "
+                f"it with python make_dataset.py --ogbench {dataset_name} --root {root}"
+            ) from None
+    try:
+        data = ogbench.utils.load_dataset(str(path), compact_dataset=False)
+    except Exception as error:  # not an npz, missing arrays, ...
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"{key} could not be read as an OGBench dataset ({path}): {reason}") from None
+    shapes = {"observation": (data["observations"].shape[-1], observation_dim),
+              "action": (data["actions"].shape[-1], action_dim)}
+    for name, (found, expected) in shapes.items():
+        if found != expected:
+            raise ConfigError(f"{key} does not match the env: its {name} has {found} dimensions, the env's has "
+                              f"{expected}")
+    observations = torch.as_tensor(data["observations"])
+    next_observations = torch.as_tensor(data["next_observations"])
+    return TensorDict({
+        "observation": observations,
+        "action": torch.as_tensor(data["actions"]),
+        "next": {"observation": next_observations, "achieved_goal": next_observations,
+                 "done": torch.as_tensor(data["terminals"] > 0).unsqueeze(-1)},
+    }, batch_size=[len(observations)])
 
 
 def check_regenerable(dataset_name: str) -> None:

@@ -13,6 +13,14 @@ from tensordict import TensorDict
 
 from contrastive_rl.config import ConfigError
 from contrastive_rl.envs import GOAL_KEY, GOAL_KEYS
+from contrastive_rl.locomaze import (
+    OGBENCH_DATASET_PREFIX,
+    OGBENCH_ROOT,
+    env_id,
+    is_ogbench_name,
+    load_ogbench_transitions,
+    make_ogbench_env,
+)
 
 DEFAULT_MINARI_ROOT = "~/.minari/datasets"
 
@@ -111,7 +119,32 @@ def load_goal_transitions(
 
 
 def load_offline_data(cfg, env_name: str) -> TensorDict:
-    """``offline.dataset``'s transitions, checked against the env and the batch size."""
+    """``offline.dataset``'s transitions (a Minari dataset, or ``ogbench:<name>``), checked against the
+    env and the batch size."""
+    dataset = cfg.offline.dataset
+    if dataset.startswith(OGBENCH_DATASET_PREFIX):
+        name = dataset.removeprefix(OGBENCH_DATASET_PREFIX)
+        if not is_ogbench_name(env_name) or env_id(name) != env_id(env_name):
+            raise ConfigError(f"offline.dataset={dataset!r} is not allowed with env.env_name={env_name!r}: "
+                              f"train it on its own env, env.env_name={name}")
+        env = make_ogbench_env(env_name, cfg.env.max_steps)
+        dims = dict(observation_dim=env.observation_space["observation"].shape[-1],
+                    action_dim=env.action_space.shape[-1])
+        env.close()
+        root = Path(to_absolute_path(cfg.offline.root)) if cfg.offline.root else OGBENCH_ROOT.expanduser()
+        transitions = load_ogbench_transitions(name, root, **dims)
+    else:
+        transitions = _load_minari_data(cfg, env_name)
+    usable = len(transitions) // cfg.collector.num_envs * cfg.collector.num_envs
+    if cfg.buffer.batch_size > usable:
+        raise ConfigError(
+            f"buffer.batch_size={cfg.buffer.batch_size} is not allowed: offline.dataset="
+            f"{cfg.offline.dataset!r} holds {len(transitions)} transitions"
+        )
+    return transitions
+
+
+def _load_minari_data(cfg, env_name: str) -> TensorDict:
     env = gym.make(env_name)
     try:
         dims = dict(
@@ -128,14 +161,7 @@ def load_offline_data(cfg, env_name: str) -> TensorDict:
         dataset = str(as_path)
     root = to_absolute_path(cfg.offline.root) if cfg.offline.root else None
     image_size = cfg.env.image_size if cfg.env.from_pixels else None
-    transitions = load_goal_transitions(dataset, root, image_size=image_size, **dims)
-    usable = len(transitions) // cfg.collector.num_envs * cfg.collector.num_envs
-    if cfg.buffer.batch_size > usable:
-        raise ConfigError(
-            f"buffer.batch_size={cfg.buffer.batch_size} is not allowed: offline.dataset="
-            f"{cfg.offline.dataset!r} holds {len(transitions)} transitions"
-        )
-    return transitions
+    return load_goal_transitions(dataset, root, image_size=image_size, **dims)
 
 
 def _episode_transitions(episode) -> TensorDict:

@@ -34,11 +34,11 @@ def loss_and_gradients(contrastive: str, rows: slice, world_size: int) -> tuple[
     from hydra import compose, initialize_config_dir
 
     from contrastive_rl.distributed import average_gradients
-    from utils import make_eval_environment, make_optimizer
+    from utils import make_eval_environments, make_optimizer
 
     with initialize_config_dir(config_dir=str(ROOT), version_base="1.1"):
         cfg = compose(config_name="config", overrides=[*OVERRIDES, f"loss.contrastive={contrastive}"])
-    eval_env = make_eval_environment(cfg, check_config(cfg))
+    eval_env = make_eval_environments(cfg, check_config(cfg))[None]
     torch.manual_seed(0)
     actor, critic = build_agent(cfg, eval_env)
     loss_module = build_loss_module(cfg, actor, critic, world_size)

@@ -1,18 +1,26 @@
-"""OGBench's pointmaze navigate datasets regenerated here: the recipe, the file layout, the oracle."""
+"""OGBench's mazes: the navigate datasets regenerated here (recipe, layout, oracle), the goal env, the
+loader, the 5-task evaluation protocol, and a run on a regenerated dataset."""
+import subprocess
+
 import gymnasium as gym
 import numpy as np
 import ogbench
 import pytest
 
+from conftest import TINY_OVERRIDES, check_config, read_scalar, script
 from contrastive_rl.config import ConfigError
 from contrastive_rl.locomaze import (
     check_regenerable,
     env_id,
     generate_navigate,
+    load_ogbench_transitions,
+    make_ogbench_env,
     maze_cells,
     oracle_direction,
     write_navigate_dataset,
 )
+from contrastive_rl.offline import load_offline_data
+from utils import make_eval_environments
 
 NAME = "pointmaze-medium-navigate-v0"
 
@@ -88,3 +96,100 @@ def test_files_load_with_ogbench_own_loader(tmp_path):
 def test_datasets_that_cannot_be_regenerated_say_so(name, pattern):
     with pytest.raises(ConfigError, match=pattern):
         check_regenerable(name)
+
+
+def test_goal_env_entries_are_full_observations_and_the_reset_goal():
+    env = make_ogbench_env(NAME, max_steps=100, task_id=3)
+    observation, info = env.reset(seed=0)
+    np.testing.assert_array_equal(observation["desired_goal"], info["goal"])
+    np.testing.assert_array_equal(observation["achieved_goal"], observation["observation"])
+    next_observation, *_ = env.step(env.action_space.sample())
+    np.testing.assert_array_equal(next_observation["desired_goal"], info["goal"])
+    assert env.observation_space["desired_goal"].shape == env.observation_space["observation"].shape
+
+
+def test_protocol_evaluates_the_five_tasks_each_on_its_own_goal(make_cfg):
+    from contrastive_rl.evaluation import evaluate_and_record
+    from contrastive_rl.progress import RunProgress
+    from conftest import build_agent
+
+    cfg = make_cfg(f"env.env_name={NAME}", "env.max_steps=20", "logger.num_eval_episodes=2",
+                   "model.hidden_dim=32", "model.num_layers=2", "model.embed_dim=8")
+    eval_envs = make_eval_environments(cfg, check_config(cfg))
+    assert list(eval_envs) == [1, 2, 3, 4, 5]
+    maze = gym.make(env_id(NAME)).unwrapped
+    for task, env in eval_envs.items():
+        goals = env.reset()["desired_goal"]
+        expected = maze.ij_to_xy(maze.task_infos[task - 1]["goal_ij"])
+        assert np.linalg.norm(goals.numpy() - expected, axis=-1).max() < 1.0, task  # within its cell
+    actor, _ = build_agent(cfg, eval_envs[1])
+    progress = RunProgress.start(cfg)
+    metrics = evaluate_and_record(cfg, eval_envs, None, actor, step=0, progress=progress)
+    tasks = [metrics[f"eval/task{task}_success"] for task in range(1, 6)]
+    assert metrics["eval/overall_success"] == pytest.approx(sum(tasks) / 5)
+    assert metrics["eval/success_final"] == metrics["eval/overall_success"]
+    assert progress.evaluations == 1
+
+
+def write_npz(path, observation_dim, action_dim, episodes=3, steps=20, drop=None):
+    rng = np.random.default_rng(0)
+    terminals = np.zeros(episodes * steps, dtype=bool)
+    terminals[steps - 1::steps] = True
+    data = dict(observations=rng.normal(size=(episodes * steps, observation_dim)).astype(np.float32),
+                actions=rng.uniform(-1, 1, (episodes * steps, action_dim)).astype(np.float32), terminals=terminals)
+    data.pop(drop, None)
+    np.savez(path, **data)
+    return data
+
+
+def test_loader_reads_an_antmaze_layout_with_episodes_from_terminals(tmp_path):
+    name = "antmaze-medium-navigate-v0"
+    data = write_npz(tmp_path / f"{name}.npz", observation_dim=29, action_dim=8)
+    transitions = load_ogbench_transitions(name, tmp_path, observation_dim=29, action_dim=8)
+    assert transitions.shape == (3 * 19,)  # each episode's last step has no next observation
+    done = transitions["next", "done"].squeeze(-1)
+    assert done.nonzero().squeeze(-1).tolist() == [18, 37, 56]
+    np.testing.assert_array_equal(transitions["observation"][:19].numpy(), data["observations"][:19])
+    np.testing.assert_array_equal(transitions["next", "observation"][:19].numpy(), data["observations"][1:20])
+    np.testing.assert_array_equal(transitions["next", "achieved_goal"].numpy(), transitions["next", "observation"].numpy())
+    np.testing.assert_array_equal(transitions["action"][19:38].numpy(), data["actions"][20:39])
+
+
+def test_bad_ogbench_input_is_named_in_one_line(tmp_path, make_cfg, monkeypatch):
+    with pytest.raises(ConfigError, match=r"^env.env_name='pointmaze-huge-navigate-v0' is not allowed: OGBench has no env"):
+        check_config(make_cfg("env.env_name=pointmaze-huge-navigate-v0"))
+
+    def no_network(names, directory):
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(ogbench, "download_datasets", no_network)
+    with pytest.raises(ConfigError, match=rf"^offline.dataset='ogbench:{NAME}' not found: no {tmp_path}/{NAME}.npz, "
+                                          rf"and downloading it failed \(OSError\); regenerate it with"):
+        load_ogbench_transitions(NAME, tmp_path, observation_dim=2, action_dim=2)
+    write_npz(tmp_path / f"{NAME}.npz", observation_dim=2, action_dim=2, drop="actions")
+    with pytest.raises(ConfigError, match=rf"^offline.dataset='ogbench:{NAME}' could not be read as an OGBench dataset"):
+        load_ogbench_transitions(NAME, tmp_path, observation_dim=2, action_dim=2)
+    write_npz(tmp_path / f"{NAME}.npz", observation_dim=4, action_dim=2)
+    with pytest.raises(ConfigError, match="does not match the env: its observation has 4 dimensions, the env's has 2"):
+        load_ogbench_transitions(NAME, tmp_path, observation_dim=2, action_dim=2)
+    cfg = make_cfg("offline.dataset=ogbench:pointmaze-large-navigate-v0", f"env.env_name={NAME}")
+    with pytest.raises(ConfigError, match="is not allowed with env.env_name='pointmaze-medium-navigate-v0'"):
+        load_offline_data(cfg, check_config(cfg))
+
+
+@pytest.mark.slow
+def test_script_trains_offline_then_online_on_a_regenerated_dataset_with_the_five_task_protocol(tmp_path):
+    write_navigate_dataset(NAME, tmp_path / "data", episodes=10, steps=51)
+    result = subprocess.run(
+        script(*TINY_OVERRIDES, f"env.env_name={NAME}", "env.max_steps=50", f"offline.dataset=ogbench:{NAME}",
+               f"offline.root={tmp_path / 'data'}", "offline.gradient_steps=20", "offline.eval_interval=10",
+               "offline.finetune=true", f"hydra.run.dir={tmp_path / 'run'}"),
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    overall = read_scalar(tmp_path / "run", "eval/overall_success")
+    assert [step for step, _ in overall] == [10, 20, 220, 420]
+    for index, (step, value) in enumerate(overall):
+        tasks = [read_scalar(tmp_path / "run", f"eval/task{task}_success")[index] for task in range(1, 6)]
+        assert all(task_step == step for task_step, _ in tasks)
+        assert value == pytest.approx(sum(task_value for _, task_value in tasks) / 5)

@@ -9,7 +9,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from conftest import TINY_OVERRIDES, build_agent, check_config, needs_rendering, script
 from contrastive_rl.evaluation import record_video
-from utils import make_eval_environment, make_video_environment
+from utils import make_eval_environments, make_video_environment
 
 pytestmark = needs_rendering
 
@@ -50,7 +50,7 @@ def test_video_replays_the_first_evaluation_episode_with_its_goal(make_cfg, over
     cfg = make_cfg(*TINY_OVERRIDES, *overrides, "logger.video_every=1", "env.max_steps=20",
                    "logger.num_eval_episodes=1")
     env_name = check_config(cfg)
-    eval_env = make_eval_environment(cfg, env_name)
+    eval_env = make_eval_environments(cfg, env_name)[None]
     sink = VideoSink()
     video_env = make_video_environment(cfg, env_name, sink)
     torch.manual_seed(0)
