@@ -112,7 +112,8 @@ def main(cfg: "DictConfig"):  # noqa: F821
         loss_td = compute_gradients(batch).clone()
         if world_size > 1:
             average_gradients(trained_parameters, world_size)
-        loss_td["grad_norm"] = torch.nn.utils.get_total_norm([p.grad for p in trained_parameters if p.grad is not None])
+        gradients = [p.grad for p in trained_parameters if p.grad is not None]
+        loss_td["grad_norm"] = torch.nn.utils.get_total_norm(gradients)
         try:
             finite = check_finite(loss_td, (*loss_module.loss_keys, "grad_norm"), where, cfg.optim.on_nonfinite)
         except NonFiniteError as error:
@@ -183,13 +184,15 @@ def main(cfg: "DictConfig"):  # noqa: F821
                 pbar.update(batch_updates)
                 if is_main and (progress.num_updates % cfg.offline.eval_interval == 0
                                 or progress.num_updates == offline_steps):
-                    metrics.update(evaluate_and_record(cfg, eval_envs, video_env, actor, progress.num_updates, progress))
+                    step = progress.num_updates
+                    metrics.update(evaluate_and_record(cfg, eval_envs, video_env, actor, step, progress))
                     pbar.show_success(metrics["eval/success_final"], progress.num_updates)
                 metrics.update(progress.rates(time.perf_counter() - start_time))
                 log_metrics(logger, metrics, progress.num_updates)
 
                 # Checkpoint every checkpoint.interval gradient steps and at the end of the offline phase.
-                interval_reached = cfg.checkpoint.interval and progress.num_updates >= progress.next_offline_checkpoint
+                next_checkpoint = progress.next_offline_checkpoint
+                interval_reached = cfg.checkpoint.interval and progress.num_updates >= next_checkpoint
                 if interval_reached:
                     progress.next_offline_checkpoint += cfg.checkpoint.interval
                 if interval_reached or progress.num_updates == offline_steps:

@@ -64,7 +64,8 @@ def load_checkpoint(cfg, path: Path, offline_data=None) -> dict:
     if state["replay_buffer"]["dataset_rows"] != dataset_rows:
         raise ConfigError(
             f"checkpoint.resume={cfg.checkpoint.resume!r} is not allowed: offline.dataset={cfg.offline.dataset!r} "
-            f"now gives {dataset_rows} time slots per env, {state['replay_buffer']['dataset_rows']} when {path} was written"
+            f"now gives {dataset_rows} time slots per env, {state['replay_buffer']['dataset_rows']} when {path} "
+            "was written"
         )
     return state
 
@@ -104,7 +105,8 @@ def write_segment(directory: Path, rows: TensorDict) -> None:
         write_file(directory / f"{index}.bin", _raw_bytes(tensor))
         layout.append({"key": list(key) if isinstance(key, tuple) else [key],
                        "dtype": str(tensor.dtype).removeprefix("torch."), "shape": list(tensor.shape)})
-    write_file(directory / SEGMENT_LAYOUT, json.dumps({"batch_size": list(rows.batch_size), "entries": layout}).encode())
+    layout = {"batch_size": list(rows.batch_size), "entries": layout}
+    write_file(directory / SEGMENT_LAYOUT, json.dumps(layout).encode())
 
 
 def read_segment(directory: Path) -> TensorDict:
@@ -112,7 +114,8 @@ def read_segment(directory: Path) -> TensorDict:
     rows = TensorDict({}, batch_size=layout["batch_size"])
     for index, entry in enumerate(layout["entries"]):
         dtype = getattr(torch, entry["dtype"])
-        data = torch.from_file(str(directory / f"{index}.bin"), shared=False, size=math.prod(entry["shape"]), dtype=dtype)
+        size = math.prod(entry["shape"])
+        data = torch.from_file(str(directory / f"{index}.bin"), shared=False, size=size, dtype=dtype)
         rows.set(tuple(entry["key"]), data.reshape(entry["shape"]))
     return rows
 

@@ -31,22 +31,32 @@ def _number(value: float) -> str:
 @dataclasses.dataclass(frozen=True)
 class Rule:
     """What one config key accepts: its kind (``integer``, ``real``, ``boolean``, ``string``, ``choice``),
-    and for numbers the bounds (``low_open``: the lower bound itself is not allowed)."""
+    for numbers the bounds (``low_open``: the lower bound itself is not allowed), values accepted
+    besides (``also``) and the message that then says what is allowed (``allowed``)."""
 
     kind: str
     low: float | None = None
     high: float | None = None
     low_open: bool = False
     choices: tuple = ()
+    also: tuple = ()
+    allowed: str = ""
 
     def problem(self, value) -> str:
         """Why ``value`` is not allowed, or an empty string."""
+        if value in self.also:
+            return ""
+        problem = self._kind_problem(value)
+        return self.allowed if problem and self.allowed else problem
+
+    def _kind_problem(self, value) -> str:
         if self.kind == "boolean":
             return "" if isinstance(value, bool) else "it must be true or false"
         if self.kind == "string":
             return "" if isinstance(value, str) else "it must be a string"
         if self.kind == "choice":
-            return "" if value in self.choices else "use one of " + ", ".join(str(c) if c else '""' for c in self.choices)
+            names = ", ".join(str(choice) if choice else '""' for choice in self.choices)
+            return "" if value in self.choices else f"use one of {names}"
         is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
         if self.low == 0 and self.low_open and self.high is None:
             wanted = "it must be a positive number"
@@ -110,7 +120,7 @@ RULES = {
     "loss.logsumexp_coef": NON_NEGATIVE,
     "loss.alpha_init": NON_NEGATIVE,
     "loss.auto_alpha": BOOLEAN,
-    "loss.target_entropy": Rule("real", -math.inf),
+    "loss.target_entropy": Rule("real", -math.inf, also=("auto",), allowed="use a number or auto (-action_dim)"),
     "loss.random_goal_fraction": UNIT_INTERVAL,
     "optim.lr": POSITIVE,
     "optim.utd_ratio": POSITIVE,
@@ -120,7 +130,7 @@ RULES = {
     "offline.gradient_steps": POSITIVE_INTEGER,
     "offline.eval_interval": POSITIVE_INTEGER,
     "offline.finetune": BOOLEAN,
-    "logger.backend": Rule("choice", choices=LOGGER_BACKENDS),
+    "logger.backend": Rule("choice", choices=LOGGER_BACKENDS, also=(None,)),
     "logger.mode": Rule("choice", choices=WANDB_MODES),
     "logger.project_name": STRING,
     "logger.exp_name": STRING,
@@ -131,12 +141,10 @@ RULES = {
     "checkpoint.interval": NON_NEGATIVE_INTEGER,
     "checkpoint.resume": STRING,
     "compile.compile": BOOLEAN,
-    "compile.compile_mode": Rule("choice", choices=COMPILE_MODES),
+    "compile.compile_mode": Rule("choice", choices=COMPILE_MODES, also=(None,)),
     "compile.cudagraphs": BOOLEAN,
     "device": STRING,
 }
-# Allowed beside what the rule accepts: auto (-action_dim), and null for "none" / "default".
-SPECIAL_VALUES = {"loss.target_entropy": ("auto",), "logger.backend": (None,), "compile.compile_mode": (None,)}
 
 
 def flat_items(cfg) -> dict:
@@ -164,11 +172,7 @@ def validate_config(cfg, world_size: int = 1) -> None:
     for key, value in flat_items(cfg).items():
         if key not in RULES:
             raise ConfigError(f"{key}={value!r} is not allowed: config.yaml has no such key")
-        if value in SPECIAL_VALUES.get(key, ()):
-            continue
         problem = RULES[key].problem(value)
-        if key == "loss.target_entropy" and problem:
-            problem = "use a number or auto (-action_dim)"
         if problem:
             raise ConfigError(f"{key}={value!r} is not allowed: {problem}")
     _check_device(cfg.device)
@@ -192,7 +196,9 @@ def _check_device(name: str) -> None:
         raise ConfigError(
             f"device={name!r} is not allowed: this machine has {torch.cuda.device_count()} CUDA device(s)"
         )
-    raise ConfigError(f"device={name!r} is not allowed: this machine has no {device.type} device; use cpu or leave it empty")
+    raise ConfigError(
+        f"device={name!r} is not allowed: this machine has no {device.type} device; use cpu or leave it empty"
+    )
 
 
 def _check_combinations(cfg) -> None:
@@ -222,10 +228,9 @@ def _check_combinations(cfg) -> None:
             f"logger.video_every={cfg.logger.video_every} is not allowed with no logger.backend: "
             "videos go to the logger (wandb, tensorboard, csv)"
         )
-    if cfg.compile.cudagraphs and get_device(cfg).type != "cuda":
-        raise ConfigError(
-            f"compile.cudagraphs=true is not allowed on device {str(get_device(cfg))!r}: CUDA graphs need a GPU"
-        )
+    device = get_device(cfg)
+    if cfg.compile.cudagraphs and device.type != "cuda":
+        raise ConfigError(f"compile.cudagraphs=true is not allowed on device {str(device)!r}: CUDA graphs need a GPU")
 
 
 def _check_data_parallel(cfg, world_size: int) -> None:

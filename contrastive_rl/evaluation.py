@@ -64,9 +64,10 @@ def evaluate_and_record(cfg, eval_envs: dict, video_env, actor, step: int, progr
     seed = stream_seed(cfg.env.seed, EVAL_SEED_STREAM, step)
     with timeit("eval"):
         per_task = {task: evaluate(env, actor, cfg.env.max_steps, seed=seed) for task, env in eval_envs.items()}
-    metrics = {key: sum(task[key] for task in per_task.values()) / len(per_task) for key in next(iter(per_task.values()))}
+    names = next(iter(per_task.values()))
+    metrics = {name: sum(task[name] for task in per_task.values()) / len(per_task) for name in names}
     if None not in per_task:
-        metrics.update({f"task{task}_success": task_metrics["success_final"] for task, task_metrics in per_task.items()})
+        metrics.update({f"task{task}_success": results["success_final"] for task, results in per_task.items()})
         metrics["overall_success"] = metrics["success_final"]
     if video_env is not None and progress.evaluations % cfg.logger.video_every == 0:
         with timeit("video"):

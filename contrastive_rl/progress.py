@@ -35,8 +35,9 @@ class RunProgress:
 
     Frame counts are global (over data-parallel ranks), as the config's; ``num_updates`` counts the
     offline gradient steps first, then the online ones; checkpoints fall due by env steps online
-    (``next_checkpoint``) and by gradient steps offline (``next_offline_checkpoint``); ``update_credit`` carries the fraction of an
-    update that ``optim.utd_ratio`` owes the frames collected so far.
+    (``next_checkpoint``) and by gradient steps offline (``next_offline_checkpoint``);
+    ``update_credit`` carries the fraction of an update that ``optim.utd_ratio`` owes the frames
+    collected so far.
     """
 
     next_eval: int
