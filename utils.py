@@ -32,7 +32,7 @@ from contrastive_rl.envs import (
 )
 from contrastive_rl.locomaze import NUM_TASKS, is_ogbench_name
 from contrastive_rl.loss import ContrastiveLoss, make_contrastive_loss
-from contrastive_rl.models import ContrastiveCritic, FixedStdNormalHead, GoalConditionedNet
+from contrastive_rl.models import ACTIVATIONS, ContrastiveCritic, FixedStdNormalHead, GoalConditionedNet
 from contrastive_rl.offline import split_into_columns
 from contrastive_rl.pixels import GOAL_PIXELS_KEY, PIXELS_KEY, PixelEncoder, RandomShiftCrop, SharedEncoderView
 from contrastive_rl.replay import FutureGoalReplayBuffer
@@ -134,6 +134,7 @@ def make_replay_buffer(
         device=device,
         goal_key=keys.goal,
         achieved_goal_key=keys.achieved_goal,
+        actor_goal_key=keys.actor_goal,
     )
     if offline_data is not None:
         columns = split_into_columns(offline_data.select(*keys.stored), cfg.collector.num_envs)
@@ -146,8 +147,9 @@ def make_augmentation(cfg, keys: DataKeys) -> RandomShiftCrop | None:
     share each sample's crop."""
     if not cfg.env.from_pixels or cfg.buffer.random_crop_prob == 0:
         return None
+    actor_goal = [keys.actor_goal] if keys.actor_goal else []
     return RandomShiftCrop(
-        in_keys=[keys.observation, keys.goal, ("next", keys.observation)],
+        in_keys=[keys.observation, keys.goal, ("next", keys.observation), *actor_goal],
         pad=cfg.buffer.random_crop_pad,
         prob=cfg.buffer.random_crop_prob,
     )
@@ -183,7 +185,7 @@ def make_agent(cfg, env, keys: DataKeys, device) -> tuple[ProbabilisticActor, Co
         in_features=observation_dim + goal_dim,
         out_features=(2 if model.policy == "tanh_normal" else 1) * action_dim,
         num_cells=[model.hidden_dim] * hidden_layers,
-        activation_class=nn.ReLU,
+        activation_class=ACTIVATIONS[model.activation],
         norm_class=nn.LayerNorm if model.use_layer_norm else None,
         norm_kwargs=[{"normalized_shape": model.hidden_dim}] * hidden_layers
         if model.use_layer_norm
@@ -228,6 +230,7 @@ def make_agent(cfg, env, keys: DataKeys, device) -> tuple[ProbabilisticActor, Co
         num_layers=hidden_layers,
         use_layer_norm=model.use_layer_norm,
         cold_init=model.cold_init,
+        activation=model.activation,
         num_critics=2 if model.twin_critics else 1,
         encoder=critic_encoder,
         device=device,
@@ -257,6 +260,9 @@ def make_loss_module(cfg, actor, critic, keys: DataKeys, world_size: int = 1) ->
         auto_alpha=cfg.loss.auto_alpha,
         target_entropy=cfg.loss.target_entropy,
         random_goal_fraction=cfg.loss.random_goal_fraction,
+        actor_loss=cfg.loss.actor_loss,
+        ddpg_at_mode=cfg.model.policy == "fixed_std_normal",
+        separate_actor_goals=keys.actor_goal is not None,
         use_state=keys.state is not None,
         gather_batch=gather_batch if world_size > 1 else None,
     )
@@ -266,6 +272,8 @@ def make_loss_module(cfg, actor, critic, keys: DataKeys, world_size: int = 1) ->
         next_observation=("next", keys.observation),
         next_achieved_goal=keys.achieved_goal,
     )
+    if keys.actor_goal is not None:
+        loss_module.set_keys(actor_goal=keys.actor_goal)
     return loss_module
 
 

@@ -9,12 +9,13 @@ import os
 import torch
 from omegaconf import OmegaConf
 
-from contrastive_rl.loss import CONTRASTIVE_LOSSES, ENERGIES
-from contrastive_rl.models import POLICIES
+from contrastive_rl.loss import ACTOR_LOSSES, CONTRASTIVE_LOSSES, ENERGIES
+from contrastive_rl.models import ACTIVATIONS, POLICIES
 from contrastive_rl.nonfinite import ON_NONFINITE
 
 LOGGER_BACKENDS = ("wandb", "tensorboard", "csv", "")
 WANDB_MODES = ("offline", "online", "disabled")
+ACTOR_GOALS = ("critic_goal", "uniform_future")
 COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune")
 RANK_SEED_STRIDE = 100_003  # env seeds of data-parallel ranks, far apart from each other
 MAX_SEED = 2**32 - 1  # numpy's global seed is 32 bits
@@ -99,11 +100,13 @@ RULES = {
     "buffer.batch_size": POSITIVE_INTEGER,
     "buffer.random_crop_prob": UNIT_INTERVAL,
     "buffer.random_crop_pad": NON_NEGATIVE_INTEGER,
+    "buffer.actor_goals": Rule("choice", choices=ACTOR_GOALS),
     "model.embed_dim": POSITIVE_INTEGER,
     "model.hidden_dim": POSITIVE_INTEGER,
     "model.num_layers": POSITIVE_INTEGER,
     "model.use_layer_norm": BOOLEAN,
     "model.cold_init": BOOLEAN,
+    "model.activation": Rule("choice", choices=tuple(ACTIVATIONS)),
     "model.twin_critics": BOOLEAN,
     "model.actor_shares_encoder": BOOLEAN,
     "model.policy": Rule("choice", choices=POLICIES),
@@ -122,6 +125,7 @@ RULES = {
     "loss.auto_alpha": BOOLEAN,
     "loss.target_entropy": Rule("real", -math.inf, also=("auto",), allowed="use a number or auto (-action_dim)"),
     "loss.random_goal_fraction": UNIT_INTERVAL,
+    "loss.actor_loss": Rule("choice", choices=ACTOR_LOSSES),
     "optim.lr": POSITIVE,
     "optim.utd_ratio": POSITIVE,
     "optim.on_nonfinite": Rule("choice", choices=ON_NONFINITE),
@@ -206,6 +210,12 @@ def _check_combinations(cfg) -> None:
         raise ConfigError(
             f"loss.alpha_init={cfg.loss.alpha_init!r} is not allowed with loss.auto_alpha=true: "
             "it must be positive"
+        )
+    if cfg.loss.actor_loss == "ddpg_bc" and (cfg.loss.auto_alpha or cfg.loss.alpha_init):
+        raise ConfigError(
+            f"loss.actor_loss=ddpg_bc is not allowed with loss.alpha_init={cfg.loss.alpha_init!r} and "
+            f"loss.auto_alpha={str(cfg.loss.auto_alpha).lower()}: the DDPG+BC actor has no entropy term; "
+            "set loss.alpha_init=0 and loss.auto_alpha=false"
         )
     num_envs = cfg.collector.num_envs
     if cfg.collector.frames_per_batch % num_envs:

@@ -51,13 +51,17 @@ class DataKeys:
     goal: str
     achieved_goal: tuple  # the next state's, the source of hindsight goals
     state: str | None = None  # proprioception beside an image observation
+    actor_goal: str | None = None  # the actor's own goal, sampled apart from the critic's
 
     @classmethod
     def from_config(cls, cfg) -> DataKeys:
+        uniform_actor_goals = cfg.buffer.actor_goals == "uniform_future"
         if cfg.env.from_pixels:
             state = "observation" if cfg.env.pixels_with_state else None
-            return cls(PIXELS_KEY, GOAL_PIXELS_KEY, ("next", PIXELS_KEY), state)
-        return cls("observation", GOAL_KEY, ("next", "achieved_goal"))
+            actor_goal = f"actor_{GOAL_PIXELS_KEY}" if uniform_actor_goals else None
+            return cls(PIXELS_KEY, GOAL_PIXELS_KEY, ("next", PIXELS_KEY), state, actor_goal)
+        actor_goal = f"actor_{GOAL_KEY}" if uniform_actor_goals else None
+        return cls("observation", GOAL_KEY, ("next", "achieved_goal"), actor_goal=actor_goal)
 
     @property
     def stored(self) -> tuple:

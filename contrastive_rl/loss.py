@@ -2,7 +2,8 @@
 
 Critic losses: ``infonce`` (Stable Contrastive RL, default), ``symmetric_infonce``, ``binary_nce``
 (original CRL) and ``td`` (C-learning, the released stable-CRL code's default). Energies: ``dot``,
-``cosine`` and ``l2``.
+``scaled_dot`` (OGBench's CRL), ``cosine`` and ``l2``. Actor losses: ``contrastive`` (the paper's) and
+``ddpg_bc`` (OGBench's CRL).
 """
 from __future__ import annotations
 
@@ -21,7 +22,10 @@ from torchrl.objectives import LossModule
 from contrastive_rl.models import ContrastiveCritic
 
 CONTRASTIVE_LOSSES = ("infonce", "symmetric_infonce", "binary_nce", "td")
-ENERGIES = ("dot", "cosine", "l2")
+ENERGIES = ("dot", "scaled_dot", "cosine", "l2")
+ACTOR_LOSSES = ("contrastive", "ddpg_bc")
+# Keeps the DDPG+BC normalisation finite when every Q is ~0 (OGBench's constant).
+_MIN_ABS_Q = 1e-6
 # Keeps sqrt differentiable where two representations coincide.
 _MIN_SQUARED_DISTANCE = 1e-12
 
@@ -29,12 +33,14 @@ _MIN_SQUARED_DISTANCE = 1e-12
 def pairwise_energy(x: torch.Tensor, y: torch.Tensor, energy: str, temperature: torch.Tensor | float = 1.0):
     """``[..., B, d] x [..., B, d] -> [..., B, B]``: the energy of every row of x with every row of y.
 
-    ``cosine`` normalises each sample's representation and divides by ``temperature``; ``l2`` is the
-    negative Euclidean distance, from |x|^2 + |y|^2 - 2 x y^T (a B x B x d difference would cost
-    B times the memory).
+    ``scaled_dot`` divides the dot product by sqrt(d); ``cosine`` normalises each sample's representation
+    and divides by ``temperature``; ``l2`` is the negative Euclidean distance, from |x|^2 + |y|^2 - 2 x y^T
+    (a B x B x d difference would cost B times the memory).
     """
     if energy == "dot":
         return x @ y.transpose(-1, -2)
+    if energy == "scaled_dot":
+        return x @ y.transpose(-1, -2) / math.sqrt(x.shape[-1])
     if energy == "cosine":
         return F.normalize(x, dim=-1) @ F.normalize(y, dim=-1).transpose(-1, -2) / temperature
     if energy == "l2":
@@ -47,6 +53,8 @@ def paired_energy(x: torch.Tensor, y: torch.Tensor, energy: str, temperature: to
     """``[..., B, d] x [..., B, d] -> [..., B]``: the energy of row i of x with row i of y."""
     if energy == "dot":
         return (x * y).sum(-1)
+    if energy == "scaled_dot":
+        return (x * y).sum(-1) / math.sqrt(x.shape[-1])
     if energy == "cosine":
         return (F.normalize(x, dim=-1) * F.normalize(y, dim=-1)).sum(-1) / temperature
     if energy == "l2":
@@ -110,6 +118,12 @@ class ContrastiveLoss(LossModule):
     the rows that kept their goal, and when no row did (``random_goal_fraction=1``) the policy is
     evaluated once more, at every row's own goal, for BC alone.
 
+    With ``actor_loss="ddpg_bc"`` (OGBench's CRL) the actor loss is instead
+    ``-Q / stopgrad(mean |Q|) + bc_coef * BC`` with Q = min_k f_k(s, a, g), at the policy's mode when its
+    std is fixed (``ddpg_at_mode``), at a reparameterised sample otherwise; no entropy term. With
+    ``separate_actor_goals`` the actor's goals are the batch's ``actor_goal`` entry (OGBench's uniform
+    future goal) instead of the critic's.
+
     Args:
         actor_network: a probabilistic actor reading ``observation`` and ``goal``.
         critic_network: the contrastive critic.
@@ -124,6 +138,9 @@ class ContrastiveLoss(LossModule):
         auto_alpha: tune alpha so that the policy's entropy tracks ``target_entropy``.
         target_entropy: target for the auto-tuned alpha; ``"auto"`` is -action_dim.
         random_goal_fraction: share of the actor's rows that get another row's goal.
+        actor_loss: one of ``ACTOR_LOSSES``.
+        ddpg_at_mode: ``ddpg_bc`` scores the policy's mode (a fixed-std policy) rather than a sample.
+        separate_actor_goals: the actor reads ``actor_goal`` rather than the critic's ``goal``.
         use_state: read the proprioceptive ``state`` key beside the (image) observation.
         gather_batch: data-parallel training: ``(tensor, dim) ->`` every rank's tensors concatenated
             along ``dim``, differentiable; the critic's logits then span the global batch.
@@ -144,6 +161,7 @@ class ContrastiveLoss(LossModule):
             state: proprioceptive state read beside an image observation (``use_state``). Defaults to
                 ``"observation"``.
             next_state: the same at s'. Defaults to ``("next", "observation")``.
+            actor_goal: the actor's goal with ``separate_actor_goals``. Defaults to ``"actor_goal"``.
         """
 
         observation: NestedKey = "observation"
@@ -153,6 +171,7 @@ class ContrastiveLoss(LossModule):
         next_achieved_goal: NestedKey = ("next", "achieved_goal")
         state: NestedKey = "observation"
         next_state: NestedKey = ("next", "observation")
+        actor_goal: NestedKey = "actor_goal"
 
     tensor_keys: _AcceptedKeys
     default_keys = _AcceptedKeys
@@ -189,6 +208,9 @@ class ContrastiveLoss(LossModule):
         auto_alpha: bool = False,
         target_entropy: float | str = "auto",
         random_goal_fraction: float = 0.0,
+        actor_loss: str = "contrastive",
+        ddpg_at_mode: bool = False,
+        separate_actor_goals: bool = False,
         use_state: bool = False,
         gather_batch: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
     ) -> None:
@@ -196,6 +218,8 @@ class ContrastiveLoss(LossModule):
             raise ValueError(f"unknown contrastive loss {contrastive!r}: use one of {', '.join(CRITIC_LOSSES)}")
         if energy not in ENERGIES:
             raise ValueError(f"unknown energy {energy!r}: use one of {', '.join(ENERGIES)}")
+        if actor_loss not in ACTOR_LOSSES:
+            raise ValueError(f"unknown actor loss {actor_loss!r}: use one of {', '.join(ACTOR_LOSSES)}")
         super().__init__()
         self.convert_to_functional(actor_network, "actor_network")
         self.convert_to_functional(critic_network, "critic_network", create_target_params=self.has_target_critic)
@@ -205,6 +229,9 @@ class ContrastiveLoss(LossModule):
         self.logsumexp_coef = logsumexp_coef
         self.bc_coef = bc_coef
         self.random_goal_fraction = random_goal_fraction
+        self.actor_loss = actor_loss
+        self.ddpg_at_mode = ddpg_at_mode
+        self.separate_actor_goals = separate_actor_goals
         self.use_state = use_state
         self.auto_alpha = auto_alpha
         device = next(critic_network.parameters()).device
@@ -230,6 +257,8 @@ class ContrastiveLoss(LossModule):
     @property
     def in_keys(self) -> list[NestedKey]:
         keys = [self.tensor_keys.observation, self.tensor_keys.action, self.tensor_keys.goal]
+        if self.separate_actor_goals:
+            keys.append(self.tensor_keys.actor_goal)
         return keys + [self.tensor_keys.state] if self.use_state else keys
 
     @property
@@ -260,7 +289,11 @@ class ContrastiveLoss(LossModule):
         if self.logsumexp_coef:
             loss_critic = loss_critic + self.logsumexp_coef * logsumexp_penalty(logits)
 
-        loss_actor, log_prob = self._actor_loss(observation, state, action, goal, goal_repr.detach())
+        if self.separate_actor_goals:
+            actor_goal = tensordict.get(self.tensor_keys.actor_goal)
+            loss_actor, log_prob = self._actor_loss(observation, state, action, actor_goal)
+        else:
+            loss_actor, log_prob = self._actor_loss(observation, state, action, goal, goal_repr.detach())
         if self.auto_alpha:
             loss_alpha = -self.log_alpha * (log_prob.detach() + self.target_entropy).mean()
         else:
@@ -305,41 +338,55 @@ class ContrastiveLoss(LossModule):
             actor_input.set(self.tensor_keys.state, state)
         return actor_input
 
-    def _actor_goals(self, goal: torch.Tensor, goal_repr: torch.Tensor):
+    def _actor_goals(self, goal: torch.Tensor, goal_repr: torch.Tensor | None):
         """Give the first ``random_goal_fraction`` of the rows the goal of the previous row."""
         num_random = round(self.random_goal_fraction * goal.shape[0])
         if num_random == 0:
             return goal, goal_repr, 0
         goal = torch.cat([goal.roll(1, 0)[:num_random], goal[num_random:]])
-        goal_repr = torch.cat([goal_repr.roll(1, 1)[:, :num_random], goal_repr[:, num_random:]], 1)
+        if goal_repr is not None:
+            goal_repr = torch.cat([goal_repr.roll(1, 1)[:, :num_random], goal_repr[:, num_random:]], 1)
         return goal, goal_repr, num_random
 
-    def _actor_loss(self, observation, state, data_action, own_goal, own_goal_repr):
+    def _actor_loss(self, observation, state, data_action, own_goal, own_goal_repr=None):
+        """The actor loss and the log-probability of the actions it scored; ``own_goal_repr`` is psi of
+        ``own_goal`` when the critic loss has computed it already."""
         goal, goal_repr, num_random = self._actor_goals(own_goal, own_goal_repr)
         with self.actor_network_params.to_module(self.actor_network):
             dist = self.actor_network.get_dist(self._actor_input(observation, goal, state))
-        action = dist.rsample()
+        ddpg_bc = self.actor_loss == "ddpg_bc"
+        action = dist.mode if ddpg_bc and self.ddpg_at_mode else dist.rsample()
         log_prob = dist.log_prob(action)
         # Detached critic parameters: the gradient reaches the action, never the critic. Without
         # preserve_module_state=False, to_module wraps them back into Parameters that require grad,
         # and autograd computes (then drops) every weight gradient of phi: ~7% of a paper-size update.
         detached_critic = self.critic_network_params.detach()
         with detached_critic.to_module(self.critic_network, preserve_module_state=False):
+            if goal_repr is None:
+                goal_repr = self.critic_network.encode_goal(goal)
             state_action_repr = self.critic_network.encode_state_action(observation, action, state)
-        critic_value = paired_energy(
-            state_action_repr, goal_repr, self.energy, self.temperature.detach()
-        ).min(0).values
-        loss_actor = (self.alpha.detach() * log_prob - critic_value).mean()
+        q = paired_energy(state_action_repr, goal_repr, self.energy, self.temperature.detach()).min(0).values
+        if ddpg_bc:
+            loss_actor = -q.mean() / (q.abs().mean().detach() + _MIN_ABS_Q)
+            if self.bc_coef:
+                loss_bc = self._bc_loss(dist, observation, state, data_action, own_goal, num_random)
+                loss_actor = loss_actor + self.bc_coef * loss_bc
+            return loss_actor, log_prob
+        loss_actor = (self.alpha.detach() * log_prob - q).mean()
         if self.bc_coef:
-            data_action = self._inside_support(data_action)
-            if num_random < len(data_action):
-                loss_bc = -dist.log_prob(data_action)[num_random:].mean()
-            else:
-                with self.actor_network_params.to_module(self.actor_network):
-                    own_goal_dist = self.actor_network.get_dist(self._actor_input(observation, own_goal, state))
-                loss_bc = -own_goal_dist.log_prob(data_action).mean()
+            loss_bc = self._bc_loss(dist, observation, state, data_action, own_goal, num_random)
             loss_actor = self.bc_coef * loss_bc + (1 - self.bc_coef) * loss_actor
         return loss_actor, log_prob
+
+    def _bc_loss(self, dist, observation, state, data_action, own_goal, num_random) -> torch.Tensor:
+        """-log pi(a_data | s, g) over the rows that kept their own goal (``dist`` is the policy at the
+        actor's goals, the first ``num_random`` rows of which are another row's)."""
+        data_action = self._inside_support(data_action)
+        if num_random < len(data_action):
+            return -dist.log_prob(data_action)[num_random:].mean()
+        with self.actor_network_params.to_module(self.actor_network):
+            own_goal_dist = self.actor_network.get_dist(self._actor_input(observation, own_goal, state))
+        return -own_goal_dist.log_prob(data_action).mean()
 
     def _inside_support(self, action: torch.Tensor) -> torch.Tensor:
         """Pull data actions off the bounds, where a tanh policy's log-density is infinite."""

@@ -7,6 +7,7 @@ from torchrl.modules import MLP
 
 COLD_INIT_SCALE = 1e-12
 POLICIES = ("tanh_normal", "fixed_std_normal")
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 
 
 def make_encoder(
@@ -17,9 +18,11 @@ def make_encoder(
     num_layers: int,
     use_layer_norm: bool,
     cold_init: bool,
+    activation: str = "relu",
     device: torch.device | str | None = None,
 ) -> MLP:
-    """``num_layers`` hidden layers of ``hidden_dim`` units (Linear, LayerNorm, ReLU), then a linear output.
+    """``num_layers`` hidden layers of ``hidden_dim`` units (Linear, LayerNorm, ``activation``), then a
+    linear output.
 
     With ``cold_init`` the output layer starts at U[-1e-12, 1e-12] with a zero bias, so every logit of
     the critic starts at ~0.
@@ -28,7 +31,7 @@ def make_encoder(
         in_features=in_features,
         out_features=out_features,
         num_cells=[hidden_dim] * num_layers,
-        activation_class=nn.ReLU,
+        activation_class=ACTIVATIONS[activation],
         norm_class=nn.LayerNorm if use_layer_norm else None,
         norm_kwargs=[{"normalized_shape": hidden_dim}] * num_layers if use_layer_norm else None,
         device=device,
@@ -59,6 +62,7 @@ class ContrastiveCritic(nn.Module):
         num_layers: int,
         use_layer_norm: bool,
         cold_init: bool,
+        activation: str = "relu",
         num_critics: int = 1,
         encoder: nn.Module | None = None,
         device: torch.device | str | None = None,
@@ -70,6 +74,7 @@ class ContrastiveCritic(nn.Module):
             num_layers=num_layers,
             use_layer_norm=use_layer_norm,
             cold_init=cold_init,
+            activation=activation,
             device=device,
         )
         self.state_action_encoders = nn.ModuleList(

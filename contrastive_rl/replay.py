@@ -39,6 +39,9 @@ class FutureGoalSampler(Sampler):
     goal of the NEXT state) at slot ``t + d - 1``, so ``d = 1`` is s_{t+1}. The goal and the offset go
     into the sample info, which TensorDictReplayBuffer writes into the batch as ``goal_key`` and
     ``"goal_offset"``.
+
+    With ``actor_goal_key``, each transition also gets a second goal for the actor, drawn with a uniform
+    offset over the same future (OGBench's CRL), written as ``actor_goal_key`` and ``"actor_goal_offset"``.
     """
 
     def __init__(
@@ -47,9 +50,11 @@ class FutureGoalSampler(Sampler):
         goal_key: NestedKey = "desired_goal",
         achieved_goal_key: NestedKey = ("next", "achieved_goal"),
         done_key: NestedKey = ("next", "done"),
+        actor_goal_key: NestedKey | None = None,
     ) -> None:
         self.gamma = gamma
         self.goal_key = goal_key
+        self.actor_goal_key = actor_goal_key
         self.achieved_goal_key = achieved_goal_key
         self.done_key = done_key
         self.newest_time: int | None = None
@@ -70,10 +75,18 @@ class FutureGoalSampler(Sampler):
         time_slots, num_envs = storage.shape
         time_index = torch.randint(time_slots, (batch_size,), device=storage.device)
         env_index = torch.randint(num_envs, (batch_size,), device=storage.device)
-        offset = sample_truncated_geometric(self.horizon(storage)[time_index, env_index], self.gamma)
-        goal_time = (time_index + offset - 1) % time_slots
-        goal = storage[:][self.achieved_goal_key][goal_time, env_index]
-        return (time_index, env_index), {self.goal_key: goal, "goal_offset": offset}
+        horizon = self.horizon(storage)[time_index, env_index]
+        offset = sample_truncated_geometric(horizon, self.gamma)
+        info = {self.goal_key: self._future_goal(storage, time_index, env_index, offset), "goal_offset": offset}
+        if self.actor_goal_key is not None:
+            actor_offset = 1 + (torch.rand(horizon.shape, device=horizon.device) * horizon).long().minimum(horizon - 1)
+            info[self.actor_goal_key] = self._future_goal(storage, time_index, env_index, actor_offset)
+            info["actor_goal_offset"] = actor_offset
+        return (time_index, env_index), info
+
+    def _future_goal(self, storage, time_index, env_index, offset) -> torch.Tensor:
+        """The achieved goal ``offset`` steps after each transition's state (offset 1: its next state)."""
+        return storage[:][self.achieved_goal_key][(time_index + offset - 1) % storage.shape[0], env_index]
 
     def horizon(self, storage) -> torch.Tensor:
         """``[time, env]``: how many future offsets (>= 1) each stored transition can draw from."""
@@ -126,6 +139,7 @@ class FutureGoalReplayBuffer(TensorDictReplayBuffer):
         batch_size: transitions per sample.
         gamma: discount of the geometric goal offset.
         device: where the storage lives (sampling happens there).
+        actor_goal_key: where to write a second, uniform future goal for the actor; None: none.
     """
 
     def __init__(
@@ -139,12 +153,13 @@ class FutureGoalReplayBuffer(TensorDictReplayBuffer):
         goal_key: NestedKey = "desired_goal",
         achieved_goal_key: NestedKey = ("next", "achieved_goal"),
         done_key: NestedKey = ("next", "done"),
+        actor_goal_key: NestedKey | None = None,
     ) -> None:
         self.time_capacity = capacity // num_envs
         self.num_envs = num_envs
         super().__init__(
             storage=LazyTensorStorage(self.time_capacity * num_envs, ndim=2, device=device),
-            sampler=FutureGoalSampler(gamma, goal_key, achieved_goal_key, done_key),
+            sampler=FutureGoalSampler(gamma, goal_key, achieved_goal_key, done_key, actor_goal_key),
             batch_size=batch_size,
         )
 

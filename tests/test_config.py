@@ -75,7 +75,7 @@ def test_missing_version_resolves_to_newest(make_cfg, caplog):
         ("optim.utd_ratio=-0.5", "optim.utd_ratio=-0.5 .* positive"),
         ("buffer.size=10", r"buffer.size=10 .*\(collector.frames_per_batch=999\)"),
         ("loss.contrastive=cpc", "loss.contrastive='cpc' .* infonce, symmetric_infonce, binary_nce, td"),
-        ("loss.energy=cos", "loss.energy='cos' .* dot, cosine, l2"),
+        ("loss.energy=cos", "loss.energy='cos' .* dot, scaled_dot, cosine, l2"),
         ("model.policy=beta", "model.policy='beta' .* tanh_normal, fixed_std_normal"),
         ("loss.bc_coef=1.5", r"loss.bc_coef=1.5 .* \[0, 1\]"),
         ("loss.temperature=0", "loss.temperature=0 .* positive"),

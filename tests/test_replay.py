@@ -172,3 +172,73 @@ def test_pieces_written_since_checkpoints_rebuild_the_buffer_in_place(pieces):
     assert restored.sampler.newest_time == original.sampler.newest_time
     assert (restored.storage[:] == original.storage[:]).all()
     torch.testing.assert_close(restored.sampler.horizon(restored.storage), original.sampler.horizon(original.storage))
+
+
+def test_uniform_actor_goals_come_from_the_future_of_the_same_episode():
+    torch.manual_seed(0)
+    buffer = FutureGoalReplayBuffer(
+        capacity=36, num_envs=3, batch_size=4096, gamma=0.8, actor_goal_key="actor_desired_goal"
+    )
+    feed = EpisodeFeed(3)
+    for _ in range(8):
+        buffer.extend(feed.batch(5))
+        sample = buffer.sample()
+        episode, step = sample["observation"].unbind(-1)
+        goal_episode, goal_step = sample["actor_desired_goal"].unbind(-1)
+        assert (goal_episode == episode).all(), "an actor goal came from another episode"
+        assert (goal_step - step == sample["actor_goal_offset"]).all()
+        horizon = buffer.sampler.horizon(buffer.storage)
+        assert (sample["actor_goal_offset"] >= 1).all()
+        assert sample["actor_goal_offset"].max() <= horizon.max()
+
+
+@pytest.mark.parametrize("horizon", [1, 7, 100])
+def test_uniform_actor_goal_offsets_are_uniform_over_the_future(horizon):
+    """One episode of ``horizon + 9`` steps: the transition at step 9 can reach ``horizon`` future
+    steps; its actor offsets are uniform over them while its critic offsets stay geometric."""
+    length = horizon + 9
+    done = torch.zeros(1, length, 1, dtype=torch.bool)
+    done[0, -1] = True
+    data = TensorDict(
+        {
+            "observation": torch.arange(length, dtype=torch.float32).view(1, length, 1),
+            "desired_goal": torch.zeros(1, length, 1),
+            "next": {
+                "achieved_goal": torch.arange(1, length + 1, dtype=torch.float32).view(1, length, 1),
+                "done": done,
+            },
+        },
+        batch_size=[1, length],
+    )
+    buffer = FutureGoalReplayBuffer(
+        capacity=length, num_envs=1, batch_size=200_000, gamma=0.9, actor_goal_key="actor_desired_goal"
+    )
+    buffer.extend(data)
+    torch.manual_seed(0)
+    sample = buffer.sample()
+    at_step_9 = sample["observation"][:, 0] == 9
+    offsets = sample["actor_goal_offset"][at_step_9]
+    assert offsets.min() >= 1 and offsets.max() <= horizon
+    counts = torch.bincount(offsets - 1, minlength=horizon).numpy()
+    if horizon > 1:
+        assert stats.chisquare(counts).pvalue > 1e-3
+    assert offsets.double().mean().item() == pytest.approx((horizon + 1) / 2, rel=0.05)
+    critic_offsets = sample["goal_offset"][at_step_9]
+    expected_mean = (np.arange(1, horizon + 1) * truncated_geometric_pmf(horizon, 0.9)).sum()
+    assert critic_offsets.double().mean().item() == pytest.approx(expected_mean, rel=0.05)
+
+
+def test_actor_goals_leave_the_critic_goals_unchanged():
+    """Adding uniform actor goals draws after the critic's: the same seed gives the same critic goals."""
+    feed_data = EpisodeFeed(2).batch(30)
+    samples = []
+    for actor_goal_key in (None, "actor_desired_goal"):
+        buffer = FutureGoalReplayBuffer(
+            capacity=60, num_envs=2, batch_size=64, gamma=0.9, actor_goal_key=actor_goal_key
+        )
+        buffer.extend(feed_data)
+        torch.manual_seed(3)
+        samples.append(buffer.sample())
+    assert torch.equal(samples[0]["desired_goal"], samples[1]["desired_goal"])
+    assert torch.equal(samples[0]["goal_offset"], samples[1]["goal_offset"])
+    assert "actor_desired_goal" not in samples[0].keys()
