@@ -179,7 +179,8 @@ def main(cfg: "DictConfig"):  # noqa: F821
         with ProgressBar(cfg, device, total_updates, total=offline_steps, initial=progress.num_updates,
                          unit="updates", disable=not is_main) as pbar:
             while progress.num_updates < offline_steps:
-                batch_updates = min(log_every, offline_steps - progress.num_updates)
+                to_next_eval = cfg.offline.eval_interval - progress.num_updates % cfg.offline.eval_interval
+                batch_updates = min(log_every, offline_steps - progress.num_updates, to_next_eval)
                 metrics = train(batch_updates, f"after {progress.num_updates} offline gradient steps", pbar)
                 pbar.update(batch_updates)
                 if is_main and (progress.num_updates % cfg.offline.eval_interval == 0

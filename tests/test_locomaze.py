@@ -201,15 +201,16 @@ def test_ogbench_crl_preset_trains_offline_on_a_regenerated_dataset(tmp_path):
     write_navigate_dataset(NAME, tmp_path / "data", episodes=10, steps=51)
     result = subprocess.run(
         script("--config-name", "config_ogbench_crl", f"env.env_name={NAME}", "env.max_steps=50",
-               f"offline.root={tmp_path / 'data'}", "offline.gradient_steps=40", "offline.eval_interval=20",
+               f"offline.root={tmp_path / 'data'}", "offline.gradient_steps=2400", "offline.eval_interval=1200",
                "model.hidden_dim=32", "model.embed_dim=16", "buffer.batch_size=64", "logger.backend=csv",
                "logger.num_eval_episodes=2", f"hydra.run.dir={tmp_path / 'run'}"),
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert [step for step, _ in read_scalar(tmp_path / "run", "eval/overall_success")] == [20, 40]
+    # An evaluation interval that is not a multiple of the logging period (1000) still holds.
+    assert [step for step, _ in read_scalar(tmp_path / "run", "eval/overall_success")] == [1200, 2400]
     critic = [value for _, value in read_scalar(tmp_path / "run", "train/loss_critic")]
     actor = [value for _, value in read_scalar(tmp_path / "run", "train/loss_actor")]
     assert critic and all(math.isfinite(value) for value in critic + actor)
-    # Binary NCE starts at log 2 per entry and per critic (untrained logits ~0), then falls.
-    assert critic[0] == pytest.approx(2 * math.log(2), rel=0.2) and critic[-1] < critic[0]
+    # Binary NCE is log 2 per entry and per critic at untrained logits ~0; training takes it far below.
+    assert max(critic) < 2 * math.log(2) and critic[-1] < math.log(2)
