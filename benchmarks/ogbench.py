@@ -157,7 +157,8 @@ def plot(results: dict, args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", default=["pointmaze-medium-navigate-v0", "pointmaze-large-navigate-v0"])
+    parser.add_argument("--datasets", nargs="+",
+                        default=["pointmaze-medium-navigate-v0", "pointmaze-large-navigate-v0"])
     parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--scale", choices=list(SCALES), default="cpu")
