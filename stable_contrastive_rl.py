@@ -14,9 +14,7 @@ from pathlib import Path
 import hydra
 import numpy as np
 import torch
-from tensordict import TensorDict
-from tensordict.nn import CudaGraphModule
-from torchrl._utils import compile_with_warmup, timeit
+from torchrl._utils import timeit
 from torchrl.record.loggers import generate_exp_name
 
 from contrastive_rl.checkpoint import (
@@ -28,13 +26,14 @@ from contrastive_rl.checkpoint import (
     restart_episodes,
 )
 from contrastive_rl.config import ConfigError, get_device, rank_config, trains_online, validate_config
-from contrastive_rl.distributed import average_gradients, broadcast_from_rank_zero, init_distributed
+from contrastive_rl.distributed import broadcast_from_rank_zero, init_distributed
 from contrastive_rl.envs import DataKeys, resolve_goal_env
 from contrastive_rl.evaluation import evaluate_and_record, log_metrics, report_time_shares, train_episode_metrics
-from contrastive_rl.nonfinite import NonFiniteError, check_finite
+from contrastive_rl.nonfinite import NonFiniteError
 from contrastive_rl.offline import load_offline_data
 from contrastive_rl.progress import ProgressBar, RunProgress, describe_plan, planned_updates
 from contrastive_rl.runtime import tune_runtime
+from contrastive_rl.update import GradientUpdate, set_matmul_precision
 from utils import (
     make_agent,
     make_augmentation,
@@ -69,6 +68,7 @@ def main(cfg: "DictConfig"):  # noqa: F821
     device = get_device(cfg)
     keys = DataKeys.from_config(cfg)
     tune_runtime()
+    set_matmul_precision(cfg)
     torch.manual_seed(rank_cfg.env.seed)
     np.random.seed(rank_cfg.env.seed)
 
@@ -86,7 +86,6 @@ def main(cfg: "DictConfig"):  # noqa: F821
     if world_size > 1:
         broadcast_from_rank_zero(loss_module)
     optimizer = make_optimizer(cfg, loss_module)
-    trained_parameters = [p for group in optimizer.param_groups for p in group["params"]]
     target_updater = make_target_updater(cfg, loss_module)
     replay_buffer = make_replay_buffer(rank_cfg, keys, device, offline_data)
     augment = make_augmentation(cfg, keys)
@@ -96,34 +95,7 @@ def main(cfg: "DictConfig"):  # noqa: F821
         optimizer.load_state_dict(checkpoint["optimizer"])
         checkpointer.restore_replay_buffer()
 
-    def compute_gradients(batch: TensorDict) -> TensorDict:
-        loss_td = loss_module(batch)
-        sum(loss_td[key] for key in loss_module.loss_keys).backward()
-        return loss_td.detach()
-
-    if cfg.compile.compile:
-        compute_gradients = compile_with_warmup(compute_gradients, mode=cfg.compile.compile_mode or None, warmup=1)
-    if cfg.compile.cudagraphs:
-        compute_gradients = CudaGraphModule(compute_gradients, in_keys=[], out_keys=[], warmup=5)
-
-    def update(batch: TensorDict, where: str) -> TensorDict | None:
-        """One gradient step; None when a non-finite loss or gradient skips the batch."""
-        torch.compiler.cudagraph_mark_step_begin()
-        loss_td = compute_gradients(batch).clone()
-        if world_size > 1:
-            average_gradients(trained_parameters, world_size)
-        gradients = [p.grad for p in trained_parameters if p.grad is not None]
-        loss_td["grad_norm"] = torch.nn.utils.get_total_norm(gradients)
-        try:
-            finite = check_finite(loss_td, (*loss_module.loss_keys, "grad_norm"), where, cfg.optim.on_nonfinite)
-        except NonFiniteError as error:
-            raise SystemExit(f"error: {error}; run stopped before applying it") from None
-        if finite:
-            optimizer.step()
-            if target_updater is not None:
-                target_updater.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss_td if finite else None
+    update = GradientUpdate(cfg, loss_module, optimizer, target_updater, device, world_size)
 
     def train(num_updates: int, where: str, pbar: ProgressBar) -> dict[str, float]:
         """``num_updates`` updates on sampled batches; their mean losses and diagnostics."""
@@ -137,7 +109,10 @@ def main(cfg: "DictConfig"):  # noqa: F821
                 if augment is not None:
                     batch = augment(batch)
             with timeit("update"):
-                loss_td = update(batch, f"update {index + 1} of {num_updates} {where}")
+                try:
+                    loss_td = update(batch, f"update {index + 1} of {num_updates} {where}")
+                except NonFiniteError as error:
+                    raise SystemExit(f"error: {error}; run stopped before applying it") from None
             if loss_td is None:
                 progress.skipped_updates += 1
             else:

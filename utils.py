@@ -186,10 +186,8 @@ def make_agent(cfg, env, keys: DataKeys, device) -> tuple[ProbabilisticActor, Co
         out_features=(2 if model.policy == "tanh_normal" else 1) * action_dim,
         num_cells=[model.hidden_dim] * hidden_layers,
         activation_class=ACTIVATIONS[model.activation],
-        norm_class=nn.LayerNorm if model.use_layer_norm else None,
-        norm_kwargs=[{"normalized_shape": model.hidden_dim}] * hidden_layers
-        if model.use_layer_norm
-        else None,
+        norm_class=nn.LayerNorm if model.actor_layer_norm else None,
+        norm_kwargs=[{"normalized_shape": model.hidden_dim}] * hidden_layers if model.actor_layer_norm else None,
         device=device,
     )
     if model.policy == "tanh_normal":

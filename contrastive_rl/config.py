@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from contrastive_rl.loss import ACTOR_LOSSES, CONTRASTIVE_LOSSES, ENERGIES
 from contrastive_rl.models import ACTIVATIONS, POLICIES
 from contrastive_rl.nonfinite import ON_NONFINITE
+from contrastive_rl.update import AUTOCAST_DTYPES
 
 LOGGER_BACKENDS = ("wandb", "tensorboard", "csv", "")
 WANDB_MODES = ("offline", "online", "disabled")
@@ -105,6 +106,7 @@ RULES = {
     "model.hidden_dim": POSITIVE_INTEGER,
     "model.num_layers": POSITIVE_INTEGER,
     "model.use_layer_norm": BOOLEAN,
+    "model.actor_layer_norm": BOOLEAN,
     "model.cold_init": BOOLEAN,
     "model.activation": Rule("choice", choices=tuple(ACTIVATIONS)),
     "model.twin_critics": BOOLEAN,
@@ -147,6 +149,8 @@ RULES = {
     "compile.compile": BOOLEAN,
     "compile.compile_mode": Rule("choice", choices=COMPILE_MODES, also=(None,)),
     "compile.cudagraphs": BOOLEAN,
+    "precision.tf32": BOOLEAN,
+    "precision.autocast": Rule("choice", choices=tuple(AUTOCAST_DTYPES)),
     "device": STRING,
 }
 

@@ -7,6 +7,7 @@ Critic losses: ``infonce`` (Stable Contrastive RL, default), ``symmetric_infonce
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,18 @@ _MIN_ABS_Q = 1e-6
 _MIN_SQUARED_DISTANCE = 1e-12
 
 
+def in_float32(energy_fn: Callable) -> Callable:
+    """Compute an energy in float32, also when the networks run under bf16 autocast."""
+
+    @functools.wraps(energy_fn)
+    def energy_in_float32(x: torch.Tensor, y: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return energy_fn(x.float(), y.float(), *args, **kwargs)
+
+    return energy_in_float32
+
+
+@in_float32
 def pairwise_energy(x: torch.Tensor, y: torch.Tensor, energy: str, temperature: torch.Tensor | float = 1.0):
     """``[..., B, d] x [..., B, d] -> [..., B, B]``: the energy of every row of x with every row of y.
 
@@ -49,6 +62,7 @@ def pairwise_energy(x: torch.Tensor, y: torch.Tensor, energy: str, temperature: 
     raise ValueError(f"unknown energy {energy!r}: use one of {', '.join(ENERGIES)}")
 
 
+@in_float32
 def paired_energy(x: torch.Tensor, y: torch.Tensor, energy: str, temperature: torch.Tensor | float = 1.0):
     """``[..., B, d] x [..., B, d] -> [..., B]``: the energy of row i of x with row i of y."""
     if energy == "dot":
@@ -65,7 +79,7 @@ def paired_energy(x: torch.Tensor, y: torch.Tensor, energy: str, temperature: to
 def infonce_loss(logits: torch.Tensor) -> torch.Tensor:
     """Row-wise InfoNCE: cross-entropy of each row of ``[..., B, B]`` logits (softmax over goals)
     against its diagonal, averaged over rows."""
-    return -torch.log_softmax(logits, dim=-1).diagonal(dim1=-2, dim2=-1).mean(-1)
+    return (torch.logsumexp(logits, dim=-1) - logits.diagonal(dim1=-2, dim2=-1)).mean(-1)
 
 
 def symmetric_infonce_loss(logits: torch.Tensor) -> torch.Tensor:
@@ -76,15 +90,17 @@ def symmetric_infonce_loss(logits: torch.Tensor) -> torch.Tensor:
 def binary_nce_loss(logits: torch.Tensor, weight_negatives: bool = False) -> torch.Tensor:
     """Sigmoid binary cross-entropy over the B x B matrix: 1 on the diagonal, 0 off it.
 
-    The mean over all B^2 entries (original CRL); with ``weight_negatives``, each negative entry weighs
-    1 / (B - 1) in that mean, so a row's negatives weigh as much as its positive (stable-CRL code).
+    A positive costs BCE(x, 1) = softplus(-x), a negative BCE(x, 0) = softplus(x). The mean is over all
+    B^2 entries (original CRL); with ``weight_negatives``, each negative weighs 1 / (B - 1) in that mean,
+    so a row's negatives weigh as much as its positive (stable-CRL code). Written with softplus rather
+    than against an identity matrix of labels: no B x B label or weight tensor is built.
     """
     batch = logits.shape[-1]
-    labels = torch.eye(batch, device=logits.device, dtype=logits.dtype)
-    bce = F.binary_cross_entropy_with_logits(logits, labels.expand_as(logits), reduction="none")
-    if weight_negatives:
-        bce = bce * (labels + (1 - labels) / max(batch - 1, 1))
-    return bce.mean((-1, -2))
+    diagonal = logits.diagonal(dim1=-2, dim2=-1)
+    positives = F.softplus(-diagonal).sum(-1)
+    negatives = F.softplus(logits).sum((-1, -2)) - F.softplus(diagonal).sum(-1)
+    negative_weight = 1 / max(batch - 1, 1) if weight_negatives else 1.0
+    return (positives + negative_weight * negatives) / batch**2
 
 
 def logsumexp_penalty(logits: torch.Tensor) -> torch.Tensor:
@@ -302,8 +318,7 @@ class ContrastiveLoss(LossModule):
         with torch.no_grad():
             diagonal = logits.diagonal(dim1=-2, dim2=-1)
             batch = logits.shape[-1]
-            labels = torch.arange(batch, device=logits.device)
-            accuracy = (logits.argmax(-1) == labels).float().mean()
+            accuracy = (diagonal >= logits.amax(-1)).float().mean()  # the positive scores highest in its row
             negative = (logits.sum((-1, -2)) - diagonal.sum(-1)) / max(batch * (batch - 1), 1)
         return TensorDict(
             loss_critic=loss_critic.sum(),

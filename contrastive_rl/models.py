@@ -21,7 +21,7 @@ def make_encoder(
     activation: str = "relu",
     device: torch.device | str | None = None,
 ) -> MLP:
-    """``num_layers`` hidden layers of ``hidden_dim`` units (Linear, LayerNorm, ``activation``), then a
+    """``num_layers`` hidden layers of ``hidden_dim`` units (Linear, ``activation``, LayerNorm), then a
     linear output.
 
     With ``cold_init`` the output layer starts at U[-1e-12, 1e-12] with a zero bias, so every logit of
@@ -107,7 +107,8 @@ class ContrastiveCritic(nn.Module):
 
 
 class GoalConditionedNet(nn.Module):
-    """``mlp(encoder(observation), encoder(goal)[, state])``: the policy's torso, with its image encoder."""
+    """``mlp(encoder(observation), encoder(goal)[, state])``: the policy's torso, with its image encoder.
+    Its output is float32, so the policy's distribution is too when the networks run under bf16 autocast."""
 
     def __init__(self, mlp: nn.Module, encoder: nn.Module | None = None) -> None:
         super().__init__()
@@ -116,8 +117,8 @@ class GoalConditionedNet(nn.Module):
 
     def forward(self, observation: torch.Tensor, goal: torch.Tensor, state: torch.Tensor | None = None) -> torch.Tensor:
         if state is None:
-            return self.mlp(self.encoder(observation), self.encoder(goal))
-        return self.mlp(self.encoder(observation), self.encoder(goal), state)
+            return self.mlp(self.encoder(observation), self.encoder(goal)).float()
+        return self.mlp(self.encoder(observation), self.encoder(goal), state).float()
 
 
 class FixedStdNormalHead(nn.Module):

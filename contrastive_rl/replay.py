@@ -77,16 +77,19 @@ class FutureGoalSampler(Sampler):
         env_index = torch.randint(num_envs, (batch_size,), device=storage.device)
         horizon = self.horizon(storage)[time_index, env_index]
         offset = sample_truncated_geometric(horizon, self.gamma)
-        info = {self.goal_key: self._future_goal(storage, time_index, env_index, offset), "goal_offset": offset}
+        achieved_goals = storage[:].get(self.achieved_goal_key)
+        info = {self.goal_key: self._future_goal(achieved_goals, time_index, env_index, offset),
+                "goal_offset": offset}
         if self.actor_goal_key is not None:
             actor_offset = 1 + (torch.rand(horizon.shape, device=horizon.device) * horizon).long().minimum(horizon - 1)
-            info[self.actor_goal_key] = self._future_goal(storage, time_index, env_index, actor_offset)
+            info[self.actor_goal_key] = self._future_goal(achieved_goals, time_index, env_index, actor_offset)
             info["actor_goal_offset"] = actor_offset
         return (time_index, env_index), info
 
-    def _future_goal(self, storage, time_index, env_index, offset) -> torch.Tensor:
+    @staticmethod
+    def _future_goal(achieved_goals, time_index, env_index, offset) -> torch.Tensor:
         """The achieved goal ``offset`` steps after each transition's state (offset 1: its next state)."""
-        return storage[:][self.achieved_goal_key][(time_index + offset - 1) % storage.shape[0], env_index]
+        return achieved_goals[(time_index + offset - 1) % achieved_goals.shape[0], env_index]
 
     def horizon(self, storage) -> torch.Tensor:
         """``[time, env]``: how many future offsets (>= 1) each stored transition can draw from."""
@@ -175,6 +178,18 @@ class FutureGoalReplayBuffer(TensorDictReplayBuffer):
                 "time slots per env of the buffer"
             )
         return super().extend(tensordict, **kwargs)
+
+    def sample(self, batch_size: int | None = None) -> TensorDict:
+        """``batch_size`` transitions (default: the buffer's) with their future goals and offsets.
+
+        The sampler's draw is gathered straight from the storage: TensorDictReplayBuffer's generic
+        sampling adds locks, transforms and an index key that this buffer does not use, and costs more
+        than the draw itself at small batch sizes.
+        """
+        index, info = self.sampler.sample(self.storage, batch_size or self._batch_size)
+        batch = self.storage.get(index)
+        batch.update(info)
+        return batch
 
     def end_episodes(self) -> None:
         """Cut every env's episode at its newest stored step (see ``FutureGoalSampler.end_episodes``)."""
