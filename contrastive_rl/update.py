@@ -63,18 +63,25 @@ class GradientUpdate:
         self._compute_gradients = compute_gradients
 
     def compute_gradients(self, batch: TensorDict) -> TensorDict:
+        """The losses and diagnostics, with the gradients in the parameters' ``grad``; in one process
+        also their norm, which a compiled graph then computes while it has them at hand."""
         with self.autocast():
             loss_td = self.loss_module(batch)
         sum(loss_td[key] for key in self.loss_module.loss_keys).backward()
-        return loss_td.detach()
+        loss_td = loss_td.detach()
+        if self.world_size == 1:
+            loss_td["grad_norm"] = self.gradient_norm()
+        return loss_td
+
+    def gradient_norm(self) -> torch.Tensor:
+        return torch.nn.utils.get_total_norm([p.grad for p in self.parameters if p.grad is not None])
 
     def __call__(self, batch: TensorDict, where: str) -> TensorDict | None:
         torch.compiler.cudagraph_mark_step_begin()
         loss_td = self._compute_gradients(batch).clone()
         if self.world_size > 1:
             average_gradients(self.parameters, self.world_size)
-        gradients = [p.grad for p in self.parameters if p.grad is not None]
-        loss_td["grad_norm"] = torch.nn.utils.get_total_norm(gradients)
+            loss_td["grad_norm"] = self.gradient_norm()
         finite = check_finite(loss_td, self.checked_keys, where, self.on_nonfinite)
         if finite:
             self.optimizer.step()
