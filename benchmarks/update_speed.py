@@ -66,7 +66,8 @@ def size_overrides(size: str) -> list[str]:
 
 
 def build_update(overrides: list[str], dataset: str, root: Path, device: torch.device, offline_data):
-    """The training script's update and replay buffer for config_ogbench_crl with ``overrides``."""
+    """One update of the training script, on a batch of its replay buffer, for config_ogbench_crl with
+    ``overrides``."""
     with initialize_config_dir(config_dir=str(ROOT), version_base="1.1"):
         cfg = compose(config_name="config_ogbench_crl",
                       overrides=[f"env.env_name={dataset}", f"offline.root={root}", f"device={device}", *overrides])
@@ -83,7 +84,7 @@ def build_update(overrides: list[str], dataset: str, root: Path, device: torch.d
     def step() -> None:
         update(replay_buffer.sample(), "in the benchmark")
 
-    return cfg, step
+    return step
 
 
 def synchronize(device: torch.device) -> None:
@@ -144,8 +145,7 @@ def main() -> None:
         updates = args.updates or max(2, 16384 // batch)
         steps, compile_seconds = {}, {}
         for mode in modes:
-            _, step = build_update([*size_overrides(size), *MODES[mode]], args.dataset, args.root, device,
-                                     offline_data)
+            step = build_update([*size_overrides(size), *MODES[mode]], args.dataset, args.root, device, offline_data)
             start = time.perf_counter()
             for _ in range(args.warmup):
                 step()

@@ -89,4 +89,3 @@ class GradientUpdate:
                 self.target_updater.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_td if finite else None
-

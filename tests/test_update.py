@@ -124,3 +124,7 @@ def test_actor_layer_norm_switch(make_cfg):
         actor, critic = build_agent(cfg, FakeEnvSpecs())
         assert sum(isinstance(m, nn.LayerNorm) for m in actor.modules()) == expected
         assert sum(isinstance(m, nn.LayerNorm) for m in critic.modules()) == 2 * 2 * 2  # 2 critics x (phi, psi)
+    # By default the policy follows model.use_layer_norm, as it did before it had a key of its own.
+    cfg = make_cfg("model.hidden_dim=32", "model.num_layers=2", "model.use_layer_norm=false")
+    actor, critic = build_agent(cfg, FakeEnvSpecs())
+    assert not any(isinstance(m, nn.LayerNorm) for m in (*actor.modules(), *critic.modules()))
