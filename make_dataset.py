@@ -28,7 +28,7 @@ import numpy as np
 
 from contrastive_rl.config import ConfigError
 from contrastive_rl.envs import SuccessInfoReader, check_goal_observation_space, resolve_env_name
-from contrastive_rl.locomaze import OGBENCH_ROOT, write_navigate_dataset
+from contrastive_rl.locomaze import OGBENCH_ROOT, write_locomaze_dataset
 from contrastive_rl.offline import _datasets_path
 from contrastive_rl.pixels import make_pixel_gym_env, supports_image_goals
 from contrastive_rl.scripted import make_controller
@@ -109,7 +109,7 @@ def make_dataset(
 def regenerate_ogbench(name: str, root: Path, episodes: int | None, steps: int | None, seed: int) -> None:
     start = time.perf_counter()
     try:
-        paths = write_navigate_dataset(name, root, episodes=episodes, steps=steps, seed=seed)
+        paths = write_locomaze_dataset(name, root, episodes=episodes, steps=steps, seed=seed, progress=True)
     except ConfigError as error:
         sys.exit(f"error: {error}")
     size = sum(path.stat().st_size for path in paths.values())
@@ -120,7 +120,7 @@ def regenerate_ogbench(name: str, root: Path, episodes: int | None, steps: int |
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ogbench", metavar="NAME", help="instead: regenerate OGBench's dataset NAME "
-                        "(pointmaze-{medium,large,giant,teleport}-navigate-v0, train and val npz) under --root "
+                        "(pointmaze-{medium,large,giant,teleport}-{navigate,stitch}-v0, train and val npz) under --root "
                         f"(default {OGBENCH_ROOT}) with its recipe")
     parser.add_argument("--env", help="goal env id, e.g. PointMaze_UMaze-v3")
     parser.add_argument("--policy", choices=POLICIES, default="scripted")

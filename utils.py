@@ -32,7 +32,14 @@ from contrastive_rl.envs import (
 )
 from contrastive_rl.locomaze import NUM_TASKS, is_ogbench_name
 from contrastive_rl.loss import ContrastiveLoss, make_contrastive_loss
-from contrastive_rl.models import ACTIVATIONS, ContrastiveCritic, FixedStdNormalHead, GoalConditionedNet
+from contrastive_rl.models import (
+    ACTIVATIONS,
+    OGBENCH_FINAL_POLICY_SCALE,
+    ContrastiveCritic,
+    FixedStdNormalHead,
+    GoalConditionedNet,
+    ogbench_init_,
+)
 from contrastive_rl.offline import split_into_columns
 from contrastive_rl.pixels import GOAL_PIXELS_KEY, PIXELS_KEY, PixelEncoder, RandomShiftCrop, SharedEncoderView
 from contrastive_rl.replay import FutureGoalReplayBuffer
@@ -135,6 +142,7 @@ def make_replay_buffer(
         goal_key=keys.goal,
         achieved_goal_key=keys.achieved_goal,
         actor_goal_key=keys.actor_goal,
+        goal_offsets=cfg.buffer.goal_offsets,
     )
     if offline_data is not None:
         columns = split_into_columns(offline_data.select(*keys.stored), cfg.collector.num_envs)
@@ -190,6 +198,8 @@ def make_agent(cfg, env, keys: DataKeys, device) -> tuple[ProbabilisticActor, Co
         norm_kwargs=[{"normalized_shape": model.hidden_dim}] * hidden_layers if model.actor_layer_norm else None,
         device=device,
     )
+    if model.init == "ogbench":
+        ogbench_init_(actor_net, final_scale=OGBENCH_FINAL_POLICY_SCALE)
     if model.policy == "tanh_normal":
         head = NormalParamExtractor(scale_mapping="biased_softplus_1.0", scale_lb=1e-4)
         distribution_class = TanhNormal
@@ -199,7 +209,7 @@ def make_agent(cfg, env, keys: DataKeys, device) -> tuple[ProbabilisticActor, Co
             "tanh_loc": False,
         }
     else:
-        head = FixedStdNormalHead(action_spec.space.low, action_spec.space.high, model.policy_std)
+        head = FixedStdNormalHead(action_spec.space.low, action_spec.space.high, model.policy_std, model.policy_mean)
         distribution_class = IndependentNormal
         distribution_kwargs = {}
     actor_module = TensorDictSequential(
@@ -229,6 +239,7 @@ def make_agent(cfg, env, keys: DataKeys, device) -> tuple[ProbabilisticActor, Co
         use_layer_norm=model.use_layer_norm,
         cold_init=model.cold_init,
         activation=model.activation,
+        init=model.init,
         num_critics=2 if model.twin_critics else 1,
         encoder=critic_encoder,
         device=device,
@@ -249,6 +260,10 @@ def make_loss_module(cfg, actor, critic, keys: DataKeys, world_size: int = 1) ->
         energy=cfg.loss.energy,
         temperature=cfg.loss.temperature,
         learn_temperature=cfg.loss.learn_temperature,
+        quasimetric_components=cfg.loss.quasimetric_components,
+        tmd_zeta=cfg.loss.tmd_zeta,
+        tmd_clip=cfg.loss.tmd_clip,
+        tmd_diagonal_weight=cfg.loss.tmd_diagonal_weight,
         weight_negatives=cfg.loss.weight_negatives,
         gamma=cfg.loss.gamma,
         max_importance_weight=cfg.loss.max_importance_weight,
@@ -260,6 +275,8 @@ def make_loss_module(cfg, actor, critic, keys: DataKeys, world_size: int = 1) ->
         random_goal_fraction=cfg.loss.random_goal_fraction,
         actor_loss=cfg.loss.actor_loss,
         ddpg_at_mode=cfg.model.policy == "fixed_std_normal",
+        # OGBench's DDPG+BC clips the unbounded mean before its critic; the stable-CRL code does not.
+        clip_actions=cfg.model.policy_mean == "clip" and cfg.loss.actor_loss == "ddpg_bc",
         separate_actor_goals=keys.actor_goal is not None,
         use_state=keys.state is not None,
         gather_batch=gather_batch if world_size > 1 else None,

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.learning_curve import read_scalar  # noqa: E402
-from contrastive_rl.locomaze import NAVIGATE_DATASETS, NUM_TASKS, OGBENCH_ROOT, write_navigate_dataset  # noqa: E402
+from contrastive_rl.locomaze import NUM_TASKS, OGBENCH_ROOT, REGENERABLE_DATASETS, write_locomaze_dataset  # noqa: E402
 
 # Hydra config and overrides of each recipe; the dataset and the time limit come from the dataset's name.
 RECIPES = {
@@ -55,9 +55,9 @@ BEST_PUBLISHED = {
 
 
 def ensure_dataset(name: str, root: Path) -> None:
-    if name in NAVIGATE_DATASETS and not (root / f"{name}.npz").exists():
+    if name in REGENERABLE_DATASETS and not (root / f"{name}.npz").exists():
         print(f"regenerating {name} under {root}", flush=True)
-        write_navigate_dataset(name, root)
+        write_locomaze_dataset(name, root)
 
 
 def train(recipe: str, name: str, seed: int, args, run_dir: Path, threads: int) -> dict:

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)  # instead of benchmarks/, whose ogbench.py would shadow the ogbench package
 
 from contrastive_rl.envs import DataKeys, env_maker, resolve_goal_env  # noqa: E402
-from contrastive_rl.locomaze import OGBENCH_ROOT, write_navigate_dataset  # noqa: E402
+from contrastive_rl.locomaze import OGBENCH_ROOT, write_locomaze_dataset  # noqa: E402
 from contrastive_rl.offline import load_offline_data  # noqa: E402
 from contrastive_rl.runtime import tune_runtime  # noqa: E402
 from contrastive_rl.update import GradientUpdate, set_matmul_precision  # noqa: E402
@@ -131,7 +131,7 @@ def main() -> None:
         print(f"skipped on {device.type}: {', '.join(sorted(set(args.modes) - set(modes)))} (CUDA only)")
     if not (args.root / f"{args.dataset}.npz").is_file():
         print(f"regenerating {args.dataset} under {args.root}")
-        write_navigate_dataset(args.dataset, args.root)
+        write_locomaze_dataset(args.dataset, args.root)
     with initialize_config_dir(config_dir=str(ROOT), version_base="1.1"):
         data_cfg = compose(config_name="config_ogbench_crl",
                            overrides=[f"env.env_name={args.dataset}", f"offline.root={args.root}"])

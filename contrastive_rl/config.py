@@ -9,9 +9,10 @@ import os
 import torch
 from omegaconf import OmegaConf
 
-from contrastive_rl.loss import ACTOR_LOSSES, CONTRASTIVE_LOSSES, ENERGIES
-from contrastive_rl.models import ACTIVATIONS, POLICIES
+from contrastive_rl.loss import ACTOR_LOSSES, CONTRASTIVE_LOSSES, ENERGIES, QUASIMETRIC_ENERGIES
+from contrastive_rl.models import ACTIVATIONS, INITS, POLICIES, POLICY_MEANS
 from contrastive_rl.nonfinite import ON_NONFINITE
+from contrastive_rl.replay import GOAL_OFFSETS
 from contrastive_rl.update import AUTOCAST_DTYPES
 
 LOGGER_BACKENDS = ("wandb", "tensorboard", "csv", "")
@@ -102,22 +103,29 @@ RULES = {
     "buffer.random_crop_prob": UNIT_INTERVAL,
     "buffer.random_crop_pad": NON_NEGATIVE_INTEGER,
     "buffer.actor_goals": Rule("choice", choices=ACTOR_GOALS),
+    "buffer.goal_offsets": Rule("choice", choices=GOAL_OFFSETS),
     "model.embed_dim": POSITIVE_INTEGER,
     "model.hidden_dim": POSITIVE_INTEGER,
     "model.num_layers": POSITIVE_INTEGER,
     "model.use_layer_norm": BOOLEAN,
     "model.actor_layer_norm": BOOLEAN,
     "model.cold_init": BOOLEAN,
+    "model.init": Rule("choice", choices=INITS),
     "model.activation": Rule("choice", choices=tuple(ACTIVATIONS)),
     "model.twin_critics": BOOLEAN,
     "model.actor_shares_encoder": BOOLEAN,
     "model.policy": Rule("choice", choices=POLICIES),
     "model.policy_std": POSITIVE,
+    "model.policy_mean": Rule("choice", choices=POLICY_MEANS),
     "loss.gamma": Rule("real", 0, 1, low_open=True),
     "loss.contrastive": Rule("choice", choices=CONTRASTIVE_LOSSES),
     "loss.energy": Rule("choice", choices=ENERGIES),
     "loss.temperature": POSITIVE,
     "loss.learn_temperature": BOOLEAN,
+    "loss.quasimetric_components": POSITIVE_INTEGER,
+    "loss.tmd_zeta": NON_NEGATIVE,
+    "loss.tmd_clip": POSITIVE,
+    "loss.tmd_diagonal_weight": UNIT_INTERVAL,
     "loss.weight_negatives": BOOLEAN,
     "loss.max_importance_weight": POSITIVE,
     "loss.target_tau": UNIT_INTERVAL,
@@ -209,7 +217,41 @@ def _check_device(name: str) -> None:
     )
 
 
+# Critic losses that read sigmoid(f) as a probability: a quasimetric energy, -d <= 0, caps it at 1/2.
+SIGMOID_LOSSES = ("binary_nce", "td")
+
+
+def _check_energy(cfg) -> None:
+    loss = cfg.loss
+    if loss.energy in QUASIMETRIC_ENERGIES and loss.contrastive in SIGMOID_LOSSES:
+        raise ConfigError(
+            f"loss.energy={loss.energy} is not allowed with loss.contrastive={loss.contrastive}: that loss reads "
+            f"sigmoid(f) as a probability, which a distance energy (-d <= 0) caps at 1/2; use "
+            f"loss.contrastive=infonce, symmetric_infonce, td_infonce or tmd, or a dot-product energy"
+        )
+    if loss.contrastive == "tmd" and loss.energy not in QUASIMETRIC_ENERGIES:
+        raise ConfigError(
+            f"loss.contrastive=tmd is not allowed with loss.energy={loss.energy}: TMD distils a quasimetric; "
+            f"use loss.energy={' or '.join(QUASIMETRIC_ENERGIES)}"
+        )
+    if loss.energy in QUASIMETRIC_ENERGIES:
+        components, embed = loss.quasimetric_components, cfg.model.embed_dim
+        smallest = 2 if loss.energy == "mrn" else 1
+        if embed % components or embed // components < smallest:
+            raise ConfigError(
+                f"loss.quasimetric_components={components} is not allowed with model.embed_dim={embed} and "
+                f"loss.energy={loss.energy}: embed_dim must be a multiple of it"
+                + (" with at least 2 dimensions per part" if loss.energy == "mrn" else "")
+            )
+
+
 def _check_combinations(cfg) -> None:
+    _check_energy(cfg)
+    if cfg.model.policy_mean != "tanh" and cfg.model.policy != "fixed_std_normal":
+        raise ConfigError(
+            f"model.policy_mean={cfg.model.policy_mean} is not allowed with model.policy={cfg.model.policy}: "
+            "it sets the mean of fixed_std_normal; tanh_normal is bounded by its tanh"
+        )
     if cfg.loss.auto_alpha and cfg.loss.alpha_init <= 0:
         raise ConfigError(
             f"loss.alpha_init={cfg.loss.alpha_init!r} is not allowed with loss.auto_alpha=true: "

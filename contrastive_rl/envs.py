@@ -118,6 +118,7 @@ def resolve_goal_env(cfg) -> str:
     env = gym.make(env_name)
     try:
         check_goal_observation_space(env_name, env.observation_space)
+        check_goals_are_states(cfg, env_name, env.observation_space)
     finally:
         env.close()
     if cfg.env.from_pixels:
@@ -139,6 +140,20 @@ def resolve_goal_env(cfg) -> str:
             f"({error}); see the README's Images section"
         )
     return env_name
+
+
+def check_goals_are_states(cfg, env_name: str, observation_space) -> None:
+    """TMD's psi reads states as goals (psi(s), psi(s')): the env's goals must be full observations."""
+    if cfg.loss.contrastive != "tmd" or cfg.env.from_pixels:
+        return
+    goal_dims = observation_space["desired_goal"].shape[-1]
+    observation_dims = observation_space["observation"].shape[-1]
+    if goal_dims != observation_dims:
+        raise ConfigError(
+            f"loss.contrastive=tmd is not allowed with env.env_name={env_name!r}: TMD's psi reads states as goals, "
+            f"and this env's goals ({goal_dims} dims) are not its observations ({observation_dims} dims); use an "
+            "OGBench dataset name, whose goals are full observations"
+        )
 
 
 def known_goal_env_families() -> set[str]:

@@ -1,12 +1,14 @@
-"""OGBench's mazes: their envs as goal envs, their datasets, and the pointmaze ``navigate`` datasets
-regenerated with the env's own oracle.
+"""OGBench's mazes: their envs as goal envs, their datasets, and the pointmaze ``navigate`` and
+``stitch`` datasets regenerated with the env's own oracle.
 
 OGBench downloads its datasets at run time; its pointmaze ones are made by the maze's oracle, so they
-can be made again offline, following the recipe of OGBench's data-generation script: each episode
-starts in a random free cell with a goal in a random "vertex" cell (not a straight hallway cell), the
-action is the unit vector towards the oracle's next waypoint plus Gaussian noise, clipped to [-1, 1],
-and a new vertex goal is drawn whenever the current one is reached. Files are written as OGBench's
-loader reads them: ``<name>.npz`` and ``<name>-val.npz`` (a tenth as many episodes).
+can be made again offline, following the recipe of OGBench's data-generation script
+(``generate_locomaze.py``): each episode starts in a random free cell; the action is the unit vector
+towards the oracle's next waypoint plus Gaussian noise, clipped to [-1, 1]. ``navigate``: 1000 episodes
+of 1001 steps, the goal in a random "vertex" cell (not a straight hallway cell), a new one whenever the
+current one is reached. ``stitch``: 5000 episodes of 201 steps, the goal a cell 4 cells away (by maze
+path), kept once reached. Files are written as OGBench's loader reads them: ``<name>.npz`` and
+``<name>-val.npz`` (a tenth as many episodes).
 """
 from __future__ import annotations
 
@@ -29,7 +31,10 @@ NAVIGATE_DATASETS = {  # dataset name: (training episodes, steps per episode)
     "pointmaze-giant-navigate-v0": (500, 2001),
     "pointmaze-teleport-navigate-v0": (1000, 1001),
 }
+STITCH_DATASETS = {name.replace("-navigate-", "-stitch-"): (5000, 201) for name in NAVIGATE_DATASETS}
+REGENERABLE_DATASETS = {**NAVIGATE_DATASETS, **STITCH_DATASETS}
 ACTION_NOISE = 0.5
+STITCH_GOAL_CELLS = 4  # path length, in cells, from a stitch episode's start to its goal
 EXPERT_MAZES = ("antmaze", "humanoidmaze")
 
 
@@ -131,9 +136,9 @@ def check_regenerable(dataset_name: str) -> None:
             f"{dataset_name} cannot be regenerated here: its data policy is a SAC expert that OGBench "
             "only distributes as a download"
         )
-    if dataset_name not in NAVIGATE_DATASETS:
+    if dataset_name not in REGENERABLE_DATASETS:
         raise ConfigError(f"{dataset_name} is not a dataset this script regenerates: use one of "
-                          f"{', '.join(NAVIGATE_DATASETS)}")
+                          f"{', '.join(REGENERABLE_DATASETS)}")
 
 
 def maze_cells(maze_map: np.ndarray) -> tuple[list, list]:
@@ -150,6 +155,24 @@ def maze_cells(maze_map: np.ndarray) -> tuple[list, list]:
     return free, vertices
 
 
+def cells_at_path_length(maze_map: np.ndarray, start: tuple[int, int], length: int) -> list[tuple[int, int]]:
+    """The free cells whose shortest path from ``start`` (4-connected, through free cells) is ``length``
+    cells long: breadth-first search, in the order it reaches them."""
+    distance = {start: 0}
+    queue, found = [start], []
+    while queue:
+        i, j = queue.pop(0)
+        for di, dj in ((-1, 0), (0, -1), (1, 0), (0, 1)):
+            cell = (i + di, j + dj)
+            inside = 0 <= cell[0] < maze_map.shape[0] and 0 <= cell[1] < maze_map.shape[1]
+            if inside and maze_map[cell] == 0 and cell not in distance:
+                distance[cell] = distance[(i, j)] + 1
+                queue.append(cell)
+                if distance[cell] == length:
+                    found.append(cell)
+    return found
+
+
 def oracle_direction(maze) -> np.ndarray:
     """Unit vector from the agent towards the oracle's next waypoint to the current goal."""
     waypoint, _ = maze.get_oracle_subgoal(maze.get_xy(), maze.cur_goal_xy)
@@ -157,50 +180,69 @@ def oracle_direction(maze) -> np.ndarray:
     return direction / (np.linalg.norm(direction) + 1e-6)
 
 
-def generate_navigate(dataset_name: str, episodes: int, steps: int, noise: float = ACTION_NOISE,
-                      seed: int = 0) -> dict[str, np.ndarray]:
-    """``episodes`` episodes of ``steps`` steps, one after the other: observations, actions,
-    terminals (the last step of each episode), qpos and qvel as OGBench saves them, and the oracle's
-    direction at each step (``oracle_directions``, not saved) to check the noise against."""
-    import ogbench  # noqa: F401  (registers the envs)
+def dataset_type(dataset_name: str) -> str:
+    """``pointmaze-medium-stitch-v0`` -> ``stitch``."""
+    return dataset_name.split("-")[-2]
 
+
+def generate_locomaze(dataset_name: str, episodes: int, steps: int, noise: float = ACTION_NOISE,
+                      seed: int = 0, progress: str | None = None) -> dict[str, np.ndarray]:
+    """``episodes`` episodes of ``steps`` steps of a ``navigate`` or ``stitch`` dataset, one after the
+    other: observations, actions, terminals (the last step of each episode), qpos and qvel as OGBench
+    saves them, and the oracle's direction at each step (``oracle_directions``, not saved) to check the
+    noise against. ``progress``: the label of a progress bar over the episodes (None: no bar)."""
+    import ogbench  # noqa: F401  (registers the envs)
+    from tqdm import tqdm
+
+    stitch = dataset_type(dataset_name) == "stitch"
     rng = np.random.default_rng(seed)
     np.random.seed(seed)  # the maze draws its teleports from numpy's global generator
     env = gym.make(env_id(dataset_name), terminate_at_goal=False, max_episode_steps=steps)
     maze = env.unwrapped
     free, vertices = maze_cells(maze.maze_map)
     columns = {key: [] for key in ("observations", "actions", "terminals", "qpos", "qvel", "oracle_directions")}
+    bar = tqdm(total=episodes, desc=progress, unit="episodes", disable=progress is None)
     for episode in range(episodes):
-        task = dict(init_ij=free[rng.integers(len(free))], goal_ij=vertices[rng.integers(len(vertices))])
-        observation, _ = env.reset(seed=seed if episode == 0 else None, options=dict(task_info=task))
+        start = free[rng.integers(len(free))]
+        if stitch:
+            nearby = cells_at_path_length(maze.maze_map, start, STITCH_GOAL_CELLS)
+            goal = nearby[rng.integers(len(nearby))] if nearby else start
+        else:
+            goal = vertices[rng.integers(len(vertices))]
+        observation, _ = env.reset(seed=seed if episode == 0 else None,
+                                   options=dict(task_info=dict(init_ij=start, goal_ij=goal)))
         done = False
         while not done:
             direction = oracle_direction(maze)
             action = np.clip(direction + rng.normal(0.0, noise, direction.shape), -1, 1)
             next_observation, _, terminated, truncated, info = env.step(action)
             done = terminated or truncated
-            if info["success"]:
+            if info["success"] and not stitch:
                 maze.set_goal(vertices[rng.integers(len(vertices))])
             for key, value in (("observations", observation), ("actions", action), ("terminals", done),
                                ("qpos", info["prev_qpos"]), ("qvel", info["prev_qvel"]),
                                ("oracle_directions", direction)):
                 columns[key].append(value)
             observation = next_observation
+        bar.update()
+    bar.close()
     env.close()
     dtypes = {"terminals": bool}
     return {key: np.asarray(values, dtype=dtypes.get(key, np.float32)) for key, values in columns.items()}
 
 
-def write_navigate_dataset(dataset_name: str, root: Path, episodes: int | None = None, steps: int | None = None,
-                           seed: int = 0) -> dict[str, Path]:
-    """Write ``<name>.npz`` and ``<name>-val.npz`` under ``root``; return their paths."""
+def write_locomaze_dataset(dataset_name: str, root: Path, episodes: int | None = None, steps: int | None = None,
+                           seed: int = 0, progress: bool = False) -> dict[str, Path]:
+    """Write ``<name>.npz`` and ``<name>-val.npz`` under ``root``; return their paths. ``progress``:
+    show a progress bar per split."""
     check_regenerable(dataset_name)
-    default_episodes, default_steps = NAVIGATE_DATASETS[dataset_name]
+    default_episodes, default_steps = REGENERABLE_DATASETS[dataset_name]
     episodes, steps = episodes or default_episodes, steps or default_steps
     root.mkdir(parents=True, exist_ok=True)
     paths = {}
     for split, count, split_seed in (("train", episodes, seed), ("val", max(episodes // 10, 1), seed + 1)):
-        data = generate_navigate(dataset_name, count, steps, seed=split_seed)
+        label = f"{dataset_name} {split}" if progress else None
+        data = generate_locomaze(dataset_name, count, steps, seed=split_seed, progress=label)
         data.pop("oracle_directions")
         path = root / (f"{dataset_name}.npz" if split == "train" else f"{dataset_name}-val.npz")
         np.savez_compressed(path, **data)

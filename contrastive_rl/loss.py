@@ -1,9 +1,10 @@
 """Critic and actor losses of contrastive goal-conditioned RL as a TorchRL LossModule.
 
 Critic losses: ``infonce`` (Stable Contrastive RL, default), ``symmetric_infonce``, ``binary_nce``
-(original CRL) and ``td`` (C-learning, the released stable-CRL code's default). Energies: ``dot``,
-``scaled_dot`` (OGBench's CRL), ``cosine`` and ``l2``. Actor losses: ``contrastive`` (the paper's) and
-``ddpg_bc`` (OGBench's CRL).
+(original CRL), ``td`` (C-learning, the released stable-CRL code's default), ``td_infonce`` (TD InfoNCE)
+and ``tmd`` (Temporal Metric Distillation). Energies: ``dot``, ``scaled_dot`` (OGBench's CRL),
+``cosine``, ``l2`` and the quasimetrics ``mrn`` and ``iqe``. Actor losses: ``contrastive`` (the
+paper's) and ``ddpg_bc`` (OGBench's CRL).
 """
 from __future__ import annotations
 
@@ -22,13 +23,15 @@ from torchrl.objectives import LossModule
 
 from contrastive_rl.models import ContrastiveCritic
 
-CONTRASTIVE_LOSSES = ("infonce", "symmetric_infonce", "binary_nce", "td")
-ENERGIES = ("dot", "scaled_dot", "cosine", "l2")
+CONTRASTIVE_LOSSES = ("infonce", "symmetric_infonce", "binary_nce", "td", "td_infonce", "tmd")
+ENERGIES = ("dot", "scaled_dot", "cosine", "l2", "mrn", "iqe")
+QUASIMETRIC_ENERGIES = ("mrn", "iqe")
 ACTOR_LOSSES = ("contrastive", "ddpg_bc")
 # Keeps the DDPG+BC normalisation finite when every Q is ~0 (OGBench's constant).
 _MIN_ABS_Q = 1e-6
 # Keeps sqrt differentiable where two representations coincide.
 _MIN_SQUARED_DISTANCE = 1e-12
+_MRN_EPS = 1e-6  # TMD's code
 
 
 def in_float32(energy_fn: Callable) -> Callable:
@@ -42,13 +45,62 @@ def in_float32(energy_fn: Callable) -> Callable:
     return energy_in_float32
 
 
+def mrn_distance(x: torch.Tensor, y: torch.Tensor, components: int = 8, pairwise: bool = False) -> torch.Tensor:
+    """Metric Residual Network distance (Liu, Touati, Zhang, Ross, Levine, ICML 2023), as TMD's code
+    writes it: the representation is cut into ``components`` equal parts; in each, the max over its
+    first half of relu(x - y) (the asymmetric residual) plus the L2 norm of the difference over its
+    second half; the mean over parts. ``d(x, y)`` is a quasimetric: d(x, x) = 0, the triangle
+    inequality holds, d(x, y) != d(y, x) in general.
+
+    ``[..., B, d] x [..., B, d] -> [..., B]`` (row i with row i), or ``[..., B, B]`` with ``pairwise``
+    (every row of x with every row of y); the pairwise L2 parts come from |x|^2 + |y|^2 - 2 x y^T, so
+    only the max half costs a B x B x d/2 tensor.
+    """
+    x, y = x.unflatten(-1, (components, -1)), y.unflatten(-1, (components, -1))
+    half = x.shape[-1] // 2
+    x_max, x_l2, y_max, y_l2 = x[..., :half], x[..., half:], y[..., :half], y[..., half:]
+    if pairwise:
+        residual = (x_max.unsqueeze(-3) - y_max.unsqueeze(-4)).relu().amax(-1)
+        squared = (x_l2.pow(2).sum(-1).unsqueeze(-2) + y_l2.pow(2).sum(-1).unsqueeze(-3)
+                   - 2 * torch.einsum("...ikc,...jkc->...ijk", x_l2, y_l2)).clamp_min(0)
+    else:
+        residual = (x_max - y_max).relu().amax(-1)
+        squared = (x_l2 - y_l2).pow(2).sum(-1)
+    return (residual + (squared + _MRN_EPS).sqrt()).mean(-1)
+
+
+def iqe_distance(x: torch.Tensor, y: torch.Tensor, mix: torch.Tensor | float, group_size: int = 8,
+                 pairwise: bool = False) -> torch.Tensor:
+    """Interval Quasimetric Embedding distance (Wang and Isola, 2022; the distance QRL learns), as TMD's
+    code writes it: the representation is cut into groups of ``group_size``; a group's distance is the
+    length of the union of the intervals [x_k, y_k] over its coordinates with x_k < y_k; the result mixes
+    the mean and the max over groups, ``mix * mean + (1 - mix) * max`` (``mix`` = sigmoid of a learnt
+    scalar). Shapes as ``mrn_distance``; pairwise, it sorts a B x B x 2d tensor.
+    """
+    x, y = x.unflatten(-1, (-1, group_size)), y.unflatten(-1, (-1, group_size))
+    if pairwise:
+        x, y = x.unsqueeze(-3), y.unsqueeze(-4)
+    x, y = torch.broadcast_tensors(x, y)
+    opens = x < y  # coordinates whose interval is not empty
+    endpoints, order = torch.sort(torch.cat([x, y], -1), dim=-1)
+    # Walking the sorted endpoints: an x of an open interval starts coverage (-1), its y ends it (+1).
+    step = torch.where(order < group_size, -1, 1) * opens.gather(-1, order % group_size)
+    covered = (step.cumsum(-1) < 0).to(endpoints.dtype)
+    change = torch.cat([covered[..., :1], covered[..., 1:] - covered[..., :-1]], -1)
+    lengths = -(endpoints * change).sum(-1)
+    return mix * lengths.mean(-1) + (1 - mix) * lengths.amax(-1)
+
+
 @in_float32
-def pairwise_energy(x: torch.Tensor, y: torch.Tensor, energy: str, temperature: torch.Tensor | float = 1.0):
+def pairwise_energy(x: torch.Tensor, y: torch.Tensor, energy: str, temperature: torch.Tensor | float = 1.0,
+                    components: int = 8, iqe_mix: torch.Tensor | float = 0.5):
     """``[..., B, d] x [..., B, d] -> [..., B, B]``: the energy of every row of x with every row of y.
 
     ``scaled_dot`` divides the dot product by sqrt(d); ``cosine`` normalises each sample's representation
     and divides by ``temperature``; ``l2`` is the negative Euclidean distance, from |x|^2 + |y|^2 - 2 x y^T
-    (a B x B x d difference would cost B times the memory).
+    (a B x B x d difference would cost B times the memory); ``mrn`` and ``iqe`` are the negative
+    quasimetric distances ``mrn_distance`` (``components`` parts) and ``iqe_distance`` (groups of
+    ``components``, mixed by ``iqe_mix``).
     """
     if energy == "dot":
         return x @ y.transpose(-1, -2)
@@ -59,11 +111,16 @@ def pairwise_energy(x: torch.Tensor, y: torch.Tensor, energy: str, temperature: 
     if energy == "l2":
         squared = x.pow(2).sum(-1, keepdim=True) + y.pow(2).sum(-1).unsqueeze(-2) - 2 * x @ y.transpose(-1, -2)
         return -squared.clamp_min(_MIN_SQUARED_DISTANCE).sqrt()
+    if energy == "mrn":
+        return -mrn_distance(x, y, components, pairwise=True)
+    if energy == "iqe":
+        return -iqe_distance(x, y, iqe_mix, components, pairwise=True)
     raise ValueError(f"unknown energy {energy!r}: use one of {', '.join(ENERGIES)}")
 
 
 @in_float32
-def paired_energy(x: torch.Tensor, y: torch.Tensor, energy: str, temperature: torch.Tensor | float = 1.0):
+def paired_energy(x: torch.Tensor, y: torch.Tensor, energy: str, temperature: torch.Tensor | float = 1.0,
+                  components: int = 8, iqe_mix: torch.Tensor | float = 0.5):
     """``[..., B, d] x [..., B, d] -> [..., B]``: the energy of row i of x with row i of y."""
     if energy == "dot":
         return (x * y).sum(-1)
@@ -73,6 +130,10 @@ def paired_energy(x: torch.Tensor, y: torch.Tensor, energy: str, temperature: to
         return (F.normalize(x, dim=-1) * F.normalize(y, dim=-1)).sum(-1) / temperature
     if energy == "l2":
         return -(x - y).pow(2).sum(-1).clamp_min(_MIN_SQUARED_DISTANCE).sqrt()
+    if energy == "mrn":
+        return -mrn_distance(x, y, components)
+    if energy == "iqe":
+        return -iqe_distance(x, y, iqe_mix, components)
     raise ValueError(f"unknown energy {energy!r}: use one of {', '.join(ENERGIES)}")
 
 
@@ -120,7 +181,8 @@ class ContrastiveLoss(LossModule):
 
     The critic scores f(s_i, a_i, g_j) = energy(phi(s_i, a_i), psi(g_j)) for every pair in the batch; the
     goal of row i (a future achieved goal of the same episode) is the positive, the other rows' goals are
-    the negatives. Each critic's loss (plus ``logsumexp_coef`` * logsumexp^2) is summed over critics.
+    the negatives. Each critic's loss (plus ``logsumexp_coef`` * logsumexp^2) is averaged over critics
+    (as OGBench's ensemble; Adam's steps are all but blind to that factor).
 
     The ``td`` critic loss (C-learning) is ``TDContrastiveLoss``; ``make_contrastive_loss`` picks the
     class from the loss's name.
@@ -147,6 +209,7 @@ class ContrastiveLoss(LossModule):
         energy: one of ``ENERGIES``.
         temperature: divisor of the cosine energy.
         learn_temperature: make the temperature a trained parameter (cosine only).
+        quasimetric_components: ``mrn``'s number of parts, ``iqe``'s group size (TMD's ``components``).
         weight_negatives: binary_nce's negatives weigh 1 / (B - 1) (stable-CRL code).
         logsumexp_coef: weight of the logsumexp^2 penalty (0 disables it; the original CRL uses 0.01).
         bc_coef: behaviour-cloning share of the actor loss.
@@ -157,6 +220,8 @@ class ContrastiveLoss(LossModule):
         actor_loss: one of ``ACTOR_LOSSES``.
         ddpg_at_mode: ``ddpg_bc`` scores the policy's mode (a fixed-std policy) rather than a sample.
         separate_actor_goals: the actor reads ``actor_goal`` rather than the critic's ``goal``.
+        clip_actions: clip the policy's actions to the action bounds before the critic scores them (a
+            policy whose mean is not bounded, as OGBench's).
         use_state: read the proprioceptive ``state`` key beside the (image) observation.
         gather_batch: data-parallel training: ``(tensor, dim) ->`` every rank's tensors concatenated
             along ``dim``, differentiable; the critic's logits then span the global batch.
@@ -217,6 +282,7 @@ class ContrastiveLoss(LossModule):
         energy: str = "dot",
         temperature: float = 1.0,
         learn_temperature: bool = False,
+        quasimetric_components: int = 8,
         weight_negatives: bool = False,
         logsumexp_coef: float = 0.0,
         bc_coef: float = 0.0,
@@ -227,6 +293,7 @@ class ContrastiveLoss(LossModule):
         actor_loss: str = "contrastive",
         ddpg_at_mode: bool = False,
         separate_actor_goals: bool = False,
+        clip_actions: bool = False,
         use_state: bool = False,
         gather_batch: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
     ) -> None:
@@ -248,6 +315,7 @@ class ContrastiveLoss(LossModule):
         self.actor_loss = actor_loss
         self.ddpg_at_mode = ddpg_at_mode
         self.separate_actor_goals = separate_actor_goals
+        self.clip_actions = clip_actions
         self.use_state = use_state
         self.auto_alpha = auto_alpha
         device = next(critic_network.parameters()).device
@@ -264,6 +332,9 @@ class ContrastiveLoss(LossModule):
             self.log_temperature = nn.Parameter(log_temperature)
         else:
             self.register_buffer("log_temperature", log_temperature)
+        self.quasimetric_components = quasimetric_components
+        if energy == "iqe":  # IQE's mix of mean and max, learnt with the critic (TMD's alpha_raw)
+            self.iqe_mix_logit = nn.Parameter(torch.zeros((), device=device))
 
     def _forward_value_estimator_keys(self, **kwargs) -> None:
         pass
@@ -290,7 +361,24 @@ class ContrastiveLoss(LossModule):
         params = list(self.critic_network_params.values(True, True))
         if isinstance(self.log_temperature, nn.Parameter):
             params.append(self.log_temperature)
+        if self.energy == "iqe":
+            params.append(self.iqe_mix_logit)
         return params
+
+    def _energy_params(self, detach: bool = False) -> dict:
+        """The energy's trained scalars (cosine's temperature, IQE's mix), detached for the actor."""
+        params = {"temperature": self.temperature, "components": self.quasimetric_components}
+        if self.energy == "iqe":
+            params["iqe_mix"] = torch.sigmoid(self.iqe_mix_logit)
+        return {k: v.detach() if detach and torch.is_tensor(v) else v for k, v in params.items()}
+
+    def pairwise(self, x: torch.Tensor, y: torch.Tensor, detach: bool = False) -> torch.Tensor:
+        """``[..., B, B]``: this loss's energy of every row of x with every row of y."""
+        return pairwise_energy(x, y, self.energy, **self._energy_params(detach))
+
+    def paired(self, x: torch.Tensor, y: torch.Tensor, detach: bool = False) -> torch.Tensor:
+        """``[..., B]``: this loss's energy of row i of x with row i of y."""
+        return paired_energy(x, y, self.energy, **self._energy_params(detach))
 
     def forward(self, tensordict: TensorDictBase) -> TensorDict:
         observation = tensordict.get(self.tensor_keys.observation)
@@ -300,7 +388,7 @@ class ContrastiveLoss(LossModule):
 
         with self.critic_network_params.to_module(self.critic_network):
             state_action_repr, goal_repr = self.critic_network(observation, action, goal, state)
-        logits = pairwise_energy(*self._global_batch(state_action_repr, goal_repr), self.energy, self.temperature)
+        logits = self.pairwise(*self._global_batch(state_action_repr, goal_repr))
         loss_critic = self.critic_loss(tensordict, logits, state_action_repr, goal_repr)
         if self.logsumexp_coef:
             loss_critic = loss_critic + self.logsumexp_coef * logsumexp_penalty(logits)
@@ -321,7 +409,7 @@ class ContrastiveLoss(LossModule):
             accuracy = (diagonal >= logits.amax(-1)).float().mean()  # the positive scores highest in its row
             negative = (logits.sum((-1, -2)) - diagonal.sum(-1)) / max(batch * (batch - 1), 1)
         return TensorDict(
-            loss_critic=loss_critic.sum(),
+            loss_critic=loss_critic.mean(),
             loss_actor=loss_actor,
             loss_alpha=loss_alpha,
             alpha=self.alpha.detach(),
@@ -372,6 +460,8 @@ class ContrastiveLoss(LossModule):
         ddpg_bc = self.actor_loss == "ddpg_bc"
         action = dist.mode if ddpg_bc and self.ddpg_at_mode else dist.rsample()
         log_prob = dist.log_prob(action)
+        if self.clip_actions:
+            action = self._clip_to_bounds(action)
         # Detached critic parameters: the gradient reaches the action, never the critic. Without
         # preserve_module_state=False, to_module wraps them back into Parameters that require grad,
         # and autograd computes (then drops) every weight gradient of phi: ~7% of a paper-size update.
@@ -380,7 +470,7 @@ class ContrastiveLoss(LossModule):
             if goal_repr is None:
                 goal_repr = self.critic_network.encode_goal(goal)
             state_action_repr = self.critic_network.encode_state_action(observation, action, state)
-        q = paired_energy(state_action_repr, goal_repr, self.energy, self.temperature.detach()).min(0).values
+        q = self.paired(state_action_repr, goal_repr, detach=True).min(0).values
         if ddpg_bc:
             loss_actor = -q.mean() / (q.abs().mean().detach() + _MIN_ABS_Q)
             if self.bc_coef:
@@ -403,6 +493,10 @@ class ContrastiveLoss(LossModule):
             own_goal_dist = self.actor_network.get_dist(self._actor_input(observation, own_goal, state))
         return -own_goal_dist.log_prob(data_action).mean()
 
+    def _clip_to_bounds(self, action: torch.Tensor) -> torch.Tensor:
+        space = self.actor_network.spec["action"].space
+        return torch.clamp(action, space.low.to(action.device), space.high.to(action.device))
+
     def _inside_support(self, action: torch.Tensor) -> torch.Tensor:
         """Pull data actions off the bounds, where a tanh policy's log-density is infinite."""
         spec = self.actor_network.spec["action"]
@@ -411,30 +505,16 @@ class ContrastiveLoss(LossModule):
         return torch.maximum(torch.minimum(action, high - margin), low + margin)
 
 
-class TDContrastiveLoss(ContrastiveLoss):
-    """The ``td`` critic loss (C-learning, the released stable-CRL code's default), with target critics.
-
-    The positive is the next state's achieved goal; the negative is the next row's goal g_r, and it
-    bootstraps: with p = sigmoid of the target critic at (s', a' ~ pi(s', g_r), g_r), min over critics,
-    and w = clip(p / (1 - p), 0, max_importance_weight),
-    loss = (1 - gamma) BCE(f(s, a, s'), 1) + gamma w BCE(f(s, a, g_r), 1) + BCE(f(s, a, g_r), 0).
-    Each row is paired with another row of its own batch, so data-parallel ranks gather nothing.
-
-    Args:
-        gamma: discount of the bootstrap.
-        max_importance_weight: clip of the importance weight w.
-        other keyword arguments: as ``ContrastiveLoss``'s.
-    """
+class NextStateBootstrapLoss(ContrastiveLoss):
+    """The base of critic losses that read the next state and bootstrap from target critics there
+    (``td``, ``td_infonce``). Each row is paired with its own batch's goals, so data-parallel ranks
+    gather nothing."""
 
     has_target_critic = True
 
-    def __init__(
-        self, actor_network, critic_network, *, gamma: float = 0.99, max_importance_weight: float = 20.0, **kwargs
-    ) -> None:
+    def __init__(self, actor_network, critic_network, *, gamma: float = 0.99, **kwargs) -> None:
         super().__init__(actor_network, critic_network, **kwargs)
-        self.contrastive = "td"
         self.gamma = gamma
-        self.max_importance_weight = max_importance_weight
 
     @property
     def in_keys(self) -> list[NestedKey]:
@@ -444,6 +524,26 @@ class TDContrastiveLoss(ContrastiveLoss):
     def _global_batch(self, state_action_repr: torch.Tensor, goal_repr: torch.Tensor):
         return state_action_repr, goal_repr
 
+
+class TDContrastiveLoss(NextStateBootstrapLoss):
+    """The ``td`` critic loss (C-learning, the released stable-CRL code's default), with target critics.
+
+    The positive is the next state's achieved goal; the negative is the next row's goal g_r, and it
+    bootstraps: with p = sigmoid of the target critic at (s', a' ~ pi(s', g_r), g_r), min over critics,
+    and w = clip(p / (1 - p), 0, max_importance_weight),
+    loss = (1 - gamma) BCE(f(s, a, s'), 1) + gamma w BCE(f(s, a, g_r), 1) + BCE(f(s, a, g_r), 0).
+
+    Args:
+        gamma: discount of the bootstrap.
+        max_importance_weight: clip of the importance weight w.
+        other keyword arguments: as ``ContrastiveLoss``'s.
+    """
+
+    def __init__(self, actor_network, critic_network, *, max_importance_weight: float = 20.0, **kwargs) -> None:
+        super().__init__(actor_network, critic_network, **kwargs)
+        self.contrastive = "td"
+        self.max_importance_weight = max_importance_weight
+
     def critic_loss(self, tensordict, logits, state_action_repr, goal_repr) -> torch.Tensor:
         goal = tensordict.get(self.tensor_keys.goal)
         next_observation = tensordict.get(self.tensor_keys.next_observation)
@@ -452,18 +552,18 @@ class TDContrastiveLoss(ContrastiveLoss):
         random_goal = goal.roll(-1, 0)
         with self.critic_network_params.to_module(self.critic_network):
             next_goal_repr = self.critic_network.encode_goal(next_goal)
-        positive_logits = paired_energy(state_action_repr, next_goal_repr, self.energy, self.temperature)
-        random_logits = paired_energy(state_action_repr, goal_repr.roll(-1, 1), self.energy, self.temperature)
+        positive_logits = self.paired(state_action_repr, next_goal_repr)
+        random_logits = self.paired(state_action_repr, goal_repr.roll(-1, 1))
         with torch.no_grad():
             actor_input = self._actor_input(next_observation, random_goal, next_state)
             with self.actor_network_params.to_module(self.actor_network):
                 next_action = self.actor_network.get_dist(actor_input).sample()
+            if self.clip_actions:
+                next_action = self._clip_to_bounds(next_action)
             with self.target_critic_network_params.to_module(self.critic_network):
-                target_logits = paired_energy(
+                target_logits = self.paired(
                     self.critic_network.encode_state_action(next_observation, next_action, next_state),
                     self.critic_network.encode_goal(random_goal),
-                    self.energy,
-                    self.temperature,
                 )
             probability = torch.sigmoid(target_logits).min(0).values
             weight = (probability / (1 - probability)).clamp(0, self.max_importance_weight)
@@ -477,12 +577,133 @@ class TDContrastiveLoss(ContrastiveLoss):
         return loss.mean(-1)
 
 
+class TDInfoNCELoss(NextStateBootstrapLoss):
+    """TD InfoNCE (Zheng, Salakhutdinov, Eysenbach, ICLR 2024), the ``td_infonce`` critic loss, with target
+    critics.
+
+    With f_ij = f(s_i, a_i, g_j) over the batch's goals (for row i, the other rows' goals are draws from
+    the goals' marginal), the loss of each row is
+    ``(1 - gamma) CE(f_i with f_ii replaced by f(s_i, a_i, s'_i), i) + gamma CE(f_i, w_i)``:
+    the next state is the positive of the first term; the second bootstraps with the soft labels
+    ``w_ij = softmax_j min_k f_target_k(s'_i, a'_i, g_j)``, a'_i ~ pi(s'_i, g_i), all without gradient.
+
+    Args:
+        gamma: discount of the bootstrap.
+        other keyword arguments: as ``ContrastiveLoss``'s.
+    """
+
+    def __init__(self, actor_network, critic_network, **kwargs) -> None:
+        super().__init__(actor_network, critic_network, **kwargs)
+        self.contrastive = "td_infonce"
+
+    def critic_loss(self, tensordict, logits, state_action_repr, goal_repr) -> torch.Tensor:
+        goal = tensordict.get(self.tensor_keys.goal)
+        next_observation = tensordict.get(self.tensor_keys.next_observation)
+        next_state = tensordict.get(self.tensor_keys.next_state) if self.use_state else None
+        with self.critic_network_params.to_module(self.critic_network):
+            next_goal_repr = self.critic_network.encode_goal(tensordict.get(self.tensor_keys.next_achieved_goal))
+        next_state_logits = torch.diagonal_scatter(
+            logits, self.paired(state_action_repr, next_goal_repr), dim1=-2, dim2=-1
+        )
+        with torch.no_grad():
+            soft_labels = self._target_soft_labels(next_observation, next_state, goal)
+        bootstrap = (torch.logsumexp(logits, -1) - (soft_labels * logits).sum(-1)).mean(-1)
+        return (1 - self.gamma) * infonce_loss(next_state_logits) + self.gamma * bootstrap
+
+    def _target_soft_labels(self, next_observation, next_state, goal) -> torch.Tensor:
+        """``[B, B]``: row i is softmax_j of the target critics' min at (s'_i, a'_i ~ pi(s'_i, g_i), g_j)."""
+        with self.actor_network_params.to_module(self.actor_network):
+            next_action = self.actor_network.get_dist(self._actor_input(next_observation, goal, next_state)).sample()
+        if self.clip_actions:
+            next_action = self._clip_to_bounds(next_action)
+        with self.target_critic_network_params.to_module(self.critic_network):
+            target_logits = self.pairwise(
+                self.critic_network.encode_state_action(next_observation, next_action, next_state),
+                self.critic_network.encode_goal(goal),
+            )
+        return torch.softmax(target_logits.min(0).values, dim=-1)
+
+
+class TMDLoss(ContrastiveLoss):
+    """Temporal Metric Distillation (Myers, Zheng, Eysenbach, Levine, arXiv 2509.20478), the ``tmd`` critic
+    loss, as its authors' code (``impls/agents/tmd.py``) writes it.
+
+    d(x, y) is the energy's quasimetric (``mrn`` or ``iqe``); psi reads goals and states alike, so goals
+    must be full observations. Per critic, ``NCE + invariance + zeta * backup``:
+
+    - NCE: backward InfoNCE, for each goal g_j a softmax over the batch's (s_i, a_i), on
+      ``-d(phi(s_i, a_i), psi(g_j)) / sqrt(dim)``;
+    - invariance: ``mean_i d(psi(s_i), phi(s_i, a_i))``, the action-invariance term;
+    - backup: with ``delta_ij = d(phi(s_i, a_i), psi(g_j)) - sg[d(psi(s'_i), psi(g_j))]``, the LINEX-style
+      divergence ``gamma exp(delta_ij) - d_ij`` where ``delta_ij <= clip``, ``delta_ij`` above it; each
+      row mixes its off-diagonal pairs (s, g ~ p(s) p(g)) and its diagonal one (s, g ~ p(s, g)) as
+      ``(1 - diagonal_weight) div_ij + diagonal_weight div_ii``; mean over pairs.
+
+    The actor (``ddpg_bc``) maximises Q = -d(phi(s, pi(s, g)), psi(g)).
+
+    Args:
+        gamma: discount of the backup.
+        zeta: weight of the backup term.
+        clip: the LINEX divergence's clip t.
+        diagonal_weight: the diagonal pairs' share of the backup.
+        other keyword arguments: as ``ContrastiveLoss``'s.
+    """
+
+    def __init__(self, actor_network, critic_network, *, gamma: float = 0.99, zeta: float = 0.05, clip: float = 3.0,
+                 diagonal_weight: float = 0.5, **kwargs) -> None:
+        super().__init__(actor_network, critic_network, **kwargs)
+        if self.energy not in QUASIMETRIC_ENERGIES:
+            raise ValueError(f"tmd needs a quasimetric energy ({', '.join(QUASIMETRIC_ENERGIES)}), not {self.energy!r}")
+        self.contrastive = "tmd"
+        self.gamma = gamma
+        self.zeta = zeta
+        self.clip = clip
+        self.diagonal_weight = diagonal_weight
+
+    @property
+    def in_keys(self) -> list[NestedKey]:
+        return super().in_keys + [self.tensor_keys.next_achieved_goal]
+
+    def critic_loss(self, tensordict, logits, state_action_repr, goal_repr) -> torch.Tensor:
+        distance = -logits
+        nce = infonce_loss(logits.transpose(-1, -2) / math.sqrt(state_action_repr.shape[-1]))
+        with self.critic_network_params.to_module(self.critic_network):
+            state_repr = self.critic_network.encode_goal(tensordict.get(self.tensor_keys.observation))
+            next_state_repr = self.critic_network.encode_goal(tensordict.get(self.tensor_keys.next_achieved_goal))
+        invariance = -self.paired(state_repr, state_action_repr).mean(-1)
+        next_distance = -self.pairwise(next_state_repr, goal_repr).detach()
+        return nce + invariance + self.zeta * self.linex_backup(distance, next_distance)
+
+    def linex_backup(self, distance: torch.Tensor, next_distance: torch.Tensor) -> torch.Tensor:
+        """``[..., B, B] -> [...]``: the clipped LINEX divergence between d(s, a, g) and d(s', g)."""
+        delta = distance - next_distance
+        above = delta > self.clip
+        divergence = torch.where(above, delta, self.gamma * torch.exp(delta.clamp(max=self.clip)) - distance)
+        diagonal = divergence.diagonal(dim1=-2, dim2=-1).unsqueeze(-1)
+        mixed = (1 - self.diagonal_weight) * divergence + self.diagonal_weight * diagonal
+        return mixed.mean((-1, -2))
+
+
 def make_contrastive_loss(
-    actor_network, critic_network, *, contrastive: str, gamma: float, max_importance_weight: float, **kwargs
+    actor_network,
+    critic_network,
+    *,
+    contrastive: str,
+    gamma: float,
+    max_importance_weight: float,
+    tmd_zeta: float = 0.05,
+    tmd_clip: float = 3.0,
+    tmd_diagonal_weight: float = 0.5,
+    **kwargs,
 ) -> ContrastiveLoss:
     """The loss module of the critic loss ``contrastive``, one of ``CONTRASTIVE_LOSSES``."""
     if contrastive == "td":
         return TDContrastiveLoss(
             actor_network, critic_network, gamma=gamma, max_importance_weight=max_importance_weight, **kwargs
         )
+    if contrastive == "td_infonce":
+        return TDInfoNCELoss(actor_network, critic_network, gamma=gamma, **kwargs)
+    if contrastive == "tmd":
+        return TMDLoss(actor_network, critic_network, gamma=gamma, zeta=tmd_zeta, clip=tmd_clip,
+                       diagonal_weight=tmd_diagonal_weight, **kwargs)
     return ContrastiveLoss(actor_network, critic_network, contrastive=contrastive, **kwargs)

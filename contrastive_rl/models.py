@@ -7,7 +7,23 @@ from torchrl.modules import MLP
 
 COLD_INIT_SCALE = 1e-12
 POLICIES = ("tanh_normal", "fixed_std_normal")
+POLICY_MEANS = ("tanh", "clip")
+INITS = ("torch", "ogbench")
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
+# OGBench's policy mean layer starts at 1e-2 times the variance of its other layers.
+OGBENCH_FINAL_POLICY_SCALE = 1e-2
+
+
+def ogbench_init_(mlp: nn.Module, final_scale: float = 1.0) -> nn.Module:
+    """Initialise every Linear of ``mlp`` as OGBench's networks do (flax ``variance_scaling(scale, "fan_avg",
+    "uniform")``, which is Glorot-uniform with gain sqrt(scale); zero biases), the last one with
+    ``final_scale``."""
+    linears = [module for module in mlp.modules() if isinstance(module, nn.Linear)]
+    for index, linear in enumerate(linears):
+        scale = final_scale if index == len(linears) - 1 else 1.0
+        nn.init.xavier_uniform_(linear.weight, gain=scale**0.5)
+        nn.init.zeros_(linear.bias)
+    return mlp
 
 
 def make_encoder(
@@ -19,12 +35,14 @@ def make_encoder(
     use_layer_norm: bool,
     cold_init: bool,
     activation: str = "relu",
+    init: str = "torch",
     device: torch.device | str | None = None,
 ) -> MLP:
     """``num_layers`` hidden layers of ``hidden_dim`` units (Linear, ``activation``, LayerNorm), then a
     linear output.
 
-    With ``cold_init`` the output layer starts at U[-1e-12, 1e-12] with a zero bias, so every logit of
+    ``init``: ``torch``'s default Linear initialisation or ``ogbench``'s (``ogbench_init_``). With
+    ``cold_init`` the output layer then starts at U[-1e-12, 1e-12] with a zero bias, so every logit of
     the critic starts at ~0.
     """
     encoder = MLP(
@@ -36,6 +54,8 @@ def make_encoder(
         norm_kwargs=[{"normalized_shape": hidden_dim}] * num_layers if use_layer_norm else None,
         device=device,
     )
+    if init == "ogbench":
+        ogbench_init_(encoder)
     if cold_init:
         output_layer = encoder[-1]
         nn.init.uniform_(output_layer.weight, -COLD_INIT_SCALE, COLD_INIT_SCALE)
@@ -63,6 +83,7 @@ class ContrastiveCritic(nn.Module):
         use_layer_norm: bool,
         cold_init: bool,
         activation: str = "relu",
+        init: str = "torch",
         num_critics: int = 1,
         encoder: nn.Module | None = None,
         device: torch.device | str | None = None,
@@ -75,6 +96,7 @@ class ContrastiveCritic(nn.Module):
             use_layer_norm=use_layer_norm,
             cold_init=cold_init,
             activation=activation,
+            init=init,
             device=device,
         )
         self.state_action_encoders = nn.ModuleList(
@@ -122,15 +144,17 @@ class GoalConditionedNet(nn.Module):
 
 
 class FixedStdNormalHead(nn.Module):
-    """Maps the policy network's output to a Gaussian with mean inside the action bounds (tanh) and a
-    fixed standard deviation, as the stable-CRL code's policy."""
+    """Maps the policy network's output to a Gaussian with a fixed standard deviation (``std`` times half
+    the action range). Its mean is ``tanh``-bounded inside the action bounds, or (``clip``) the
+    unbounded output, whose actions the actor and the loss clip to the bounds (OGBench's GCActor)."""
 
-    def __init__(self, low: torch.Tensor, high: torch.Tensor, std: float) -> None:
+    def __init__(self, low: torch.Tensor, high: torch.Tensor, std: float, mean: str = "tanh") -> None:
         super().__init__()
         self.register_buffer("center", (high + low) / 2)
         self.register_buffer("half_range", (high - low) / 2)
         self.std = std
+        self.mean = mean
 
     def forward(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        loc = self.center + self.half_range * torch.tanh(output)
+        loc = self.center + self.half_range * (torch.tanh(output) if self.mean == "tanh" else output)
         return loc, torch.full_like(loc, self.std) * self.half_range

@@ -28,6 +28,26 @@ def sample_truncated_geometric(horizon: torch.Tensor, gamma: float) -> torch.Ten
     return offset.long().clamp(min=1).minimum(horizon)
 
 
+def sample_clamped_geometric(horizon: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Draw d >= 1 with P(d) proportional to gamma^(d-1), then clamp it to ``horizon`` (OGBench's value
+    goals: every offset past the episode's end lands on its last state)."""
+    u = torch.rand(horizon.shape, dtype=torch.float64, device=horizon.device)
+    offset = torch.ceil(torch.log1p(-u) / math.log(gamma))
+    return offset.clamp(min=1).minimum(horizon.to(torch.float64)).long()
+
+
+def sample_uniform_offset(horizon: torch.Tensor, rounded: bool = False) -> torch.Tensor:
+    """Draw d uniformly in {1, ..., horizon}; ``rounded``: round(1 + u (horizon - 1)), whose two ends
+    weigh half as much (OGBench's uniform future goals)."""
+    u = torch.rand(horizon.shape, device=horizon.device)
+    if rounded:
+        return torch.round(1 + u * (horizon - 1)).long()
+    return 1 + (u * horizon).long().minimum(horizon - 1)
+
+
+GOAL_OFFSETS = ("truncated", "clamped")
+
+
 class FutureGoalSampler(Sampler):
     """Uniform transitions from a ``[time, env]`` storage, each with the achieved goal of a future step
     of its own episode.
@@ -42,6 +62,9 @@ class FutureGoalSampler(Sampler):
 
     With ``actor_goal_key``, each transition also gets a second goal for the actor, drawn with a uniform
     offset over the same future (OGBench's CRL), written as ``actor_goal_key`` and ``"actor_goal_offset"``.
+
+    ``goal_offsets="clamped"`` draws as OGBench's dataset does instead: an untruncated geometric offset
+    clamped to the episode's last step, and uniform offsets whose two ends weigh half.
     """
 
     def __init__(
@@ -51,8 +74,12 @@ class FutureGoalSampler(Sampler):
         achieved_goal_key: NestedKey = ("next", "achieved_goal"),
         done_key: NestedKey = ("next", "done"),
         actor_goal_key: NestedKey | None = None,
+        goal_offsets: str = "truncated",
     ) -> None:
+        if goal_offsets not in GOAL_OFFSETS:
+            raise ValueError(f"unknown goal_offsets {goal_offsets!r}: use one of {', '.join(GOAL_OFFSETS)}")
         self.gamma = gamma
+        self.goal_offsets = goal_offsets
         self.goal_key = goal_key
         self.actor_goal_key = actor_goal_key
         self.achieved_goal_key = achieved_goal_key
@@ -76,12 +103,13 @@ class FutureGoalSampler(Sampler):
         time_index = torch.randint(time_slots, (batch_size,), device=storage.device)
         env_index = torch.randint(num_envs, (batch_size,), device=storage.device)
         horizon = self.horizon(storage)[time_index, env_index]
-        offset = sample_truncated_geometric(horizon, self.gamma)
+        clamped = self.goal_offsets == "clamped"
+        offset = (sample_clamped_geometric if clamped else sample_truncated_geometric)(horizon, self.gamma)
         achieved_goals = storage[:].get(self.achieved_goal_key)
         info = {self.goal_key: self._future_goal(achieved_goals, time_index, env_index, offset),
                 "goal_offset": offset}
         if self.actor_goal_key is not None:
-            actor_offset = 1 + (torch.rand(horizon.shape, device=horizon.device) * horizon).long().minimum(horizon - 1)
+            actor_offset = sample_uniform_offset(horizon, rounded=clamped)
             info[self.actor_goal_key] = self._future_goal(achieved_goals, time_index, env_index, actor_offset)
             info["actor_goal_offset"] = actor_offset
         return (time_index, env_index), info
@@ -143,6 +171,7 @@ class FutureGoalReplayBuffer(TensorDictReplayBuffer):
         gamma: discount of the geometric goal offset.
         device: where the storage lives (sampling happens there).
         actor_goal_key: where to write a second, uniform future goal for the actor; None: none.
+        goal_offsets: ``truncated`` (the paper's) or ``clamped`` (OGBench's), see ``FutureGoalSampler``.
     """
 
     def __init__(
@@ -157,12 +186,13 @@ class FutureGoalReplayBuffer(TensorDictReplayBuffer):
         achieved_goal_key: NestedKey = ("next", "achieved_goal"),
         done_key: NestedKey = ("next", "done"),
         actor_goal_key: NestedKey | None = None,
+        goal_offsets: str = "truncated",
     ) -> None:
         self.time_capacity = capacity // num_envs
         self.num_envs = num_envs
         super().__init__(
             storage=LazyTensorStorage(self.time_capacity * num_envs, ndim=2, device=device),
-            sampler=FutureGoalSampler(gamma, goal_key, achieved_goal_key, done_key, actor_goal_key),
+            sampler=FutureGoalSampler(gamma, goal_key, achieved_goal_key, done_key, actor_goal_key, goal_offsets),
             batch_size=batch_size,
         )
 

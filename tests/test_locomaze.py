@@ -11,14 +11,17 @@ import pytest
 from conftest import TINY_OVERRIDES, check_config, read_scalar, script
 from contrastive_rl.config import ConfigError
 from contrastive_rl.locomaze import (
+    REGENERABLE_DATASETS,
+    STITCH_GOAL_CELLS,
+    cells_at_path_length,
     check_regenerable,
     env_id,
-    generate_navigate,
+    generate_locomaze,
     load_ogbench_transitions,
     make_ogbench_env,
     maze_cells,
     oracle_direction,
-    write_navigate_dataset,
+    write_locomaze_dataset,
 )
 from contrastive_rl.offline import load_offline_data
 from utils import make_eval_environments
@@ -28,7 +31,7 @@ NAME = "pointmaze-medium-navigate-v0"
 
 @pytest.fixture(scope="module")
 def episodes():
-    return generate_navigate(NAME, episodes=6, steps=201, seed=0)
+    return generate_locomaze(NAME, episodes=6, steps=201, seed=0)
 
 
 def test_episodes_have_the_recipe_length_and_one_terminal_each(episodes):
@@ -78,8 +81,51 @@ def test_noiseless_oracle_reaches_the_goals_of_the_five_evaluation_tasks():
     assert np.mean(successes) >= 0.8
 
 
+STITCH = "pointmaze-medium-stitch-v0"
+
+
+@pytest.fixture(scope="module")
+def stitch_episodes():
+    return generate_locomaze(STITCH, episodes=8, steps=201, seed=0)
+
+
+def test_stitch_recipe_is_ogbench_commands(stitch_episodes):
+    for size in ("medium", "large", "giant", "teleport"):
+        assert REGENERABLE_DATASETS[f"pointmaze-{size}-stitch-v0"] == (5000, 201)
+    assert stitch_episodes["observations"].shape == (8 * 201, 2)
+    assert stitch_episodes["terminals"].nonzero()[0].tolist() == [201 * k - 1 for k in range(1, 9)]
+
+
+def test_cells_at_path_length_follow_the_maze_not_the_grid():
+    maze_map = np.array([
+        [1, 1, 1, 1, 1],
+        [1, 0, 1, 0, 1],
+        [1, 0, 1, 0, 1],
+        [1, 0, 0, 0, 1],
+        [1, 1, 1, 1, 1],
+    ])
+    # (1, 3) is 2 cells away on the grid but 6 by the path round the wall.
+    assert cells_at_path_length(maze_map, (1, 1), 4) == [(3, 3)]
+    assert cells_at_path_length(maze_map, (1, 1), 6) == [(1, 3)]
+    assert cells_at_path_length(maze_map, (1, 1), 7) == []
+
+
+def test_stitch_episodes_reach_a_goal_four_cells_away_and_stay(stitch_episodes):
+    """Each episode starts in one cell and ends, 200 steps on, in a cell 4 path-cells from it: the
+    oracle reached its goal and stayed (no new goal is drawn, unlike navigate)."""
+    maze = gym.make(env_id(STITCH)).unwrapped
+    ends = []
+    for episode in np.split(stitch_episodes["observations"], 8):
+        start, end = (tuple(int(v) for v in maze.xy_to_ij(xy)) for xy in (episode[0], episode[-1]))
+        assert end in cells_at_path_length(maze.maze_map, start, STITCH_GOAL_CELLS) or end == start
+        ends.append(end != start)
+        last_moves = np.linalg.norm(np.diff(episode[-50:], axis=0), axis=-1)
+        assert np.linalg.norm(episode[-50:] - episode[-1], axis=-1).max() < 1.5 * maze._maze_unit, last_moves
+    assert np.mean(ends) >= 0.75
+
+
 def test_files_load_with_ogbench_own_loader(tmp_path):
-    paths = write_navigate_dataset(NAME, tmp_path, episodes=10, steps=51, seed=3)
+    paths = write_locomaze_dataset(NAME, tmp_path, episodes=10, steps=51, seed=3)
     assert paths == {"train": tmp_path / f"{NAME}.npz", "val": tmp_path / f"{NAME}-val.npz"}
     train = ogbench.utils.load_dataset(str(paths["train"]))
     validation = ogbench.utils.load_dataset(str(paths["val"]))
@@ -92,7 +138,7 @@ def test_files_load_with_ogbench_own_loader(tmp_path):
 @pytest.mark.parametrize("name,pattern", [
     ("antmaze-medium-navigate-v0", "SAC expert that OGBench only distributes as a download"),
     ("humanoidmaze-large-navigate-v0", "SAC expert"),
-    ("pointmaze-medium-stitch-v0", "is not a dataset this script regenerates"),
+    ("pointmaze-medium-explore-v0", "is not a dataset this script regenerates"),
 ])
 def test_datasets_that_cannot_be_regenerated_say_so(name, pattern):
     with pytest.raises(ConfigError, match=pattern):
@@ -180,7 +226,7 @@ def test_bad_ogbench_input_is_named_in_one_line(tmp_path, make_cfg, monkeypatch)
 
 @pytest.mark.slow
 def test_script_trains_offline_then_online_on_a_regenerated_dataset_with_the_five_task_protocol(tmp_path):
-    write_navigate_dataset(NAME, tmp_path / "data", episodes=10, steps=51)
+    write_locomaze_dataset(NAME, tmp_path / "data", episodes=10, steps=51)
     result = subprocess.run(
         script(*TINY_OVERRIDES, f"env.env_name={NAME}", "env.max_steps=50", f"offline.dataset=ogbench:{NAME}",
                f"offline.root={tmp_path / 'data'}", "offline.gradient_steps=20", "offline.eval_interval=10",
@@ -198,7 +244,7 @@ def test_script_trains_offline_then_online_on_a_regenerated_dataset_with_the_fiv
 
 @pytest.mark.slow
 def test_ogbench_crl_preset_trains_offline_on_a_regenerated_dataset(tmp_path):
-    write_navigate_dataset(NAME, tmp_path / "data", episodes=10, steps=51)
+    write_locomaze_dataset(NAME, tmp_path / "data", episodes=10, steps=51)
     result = subprocess.run(
         script("--config-name", "config_ogbench_crl", f"env.env_name={NAME}", "env.max_steps=50",
                f"offline.root={tmp_path / 'data'}", "offline.gradient_steps=2400", "offline.eval_interval=1200",

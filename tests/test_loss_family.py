@@ -118,7 +118,7 @@ def test_td_loss_equals_hand_computation(make_cfg):
         negative = (sa * critic.encode_goal(random_goal)).sum(-1)
     expected = (
         -0.1 * F.logsigmoid(positive) - 0.9 * w * F.logsigmoid(negative) - F.logsigmoid(-negative)
-    ).mean(-1).sum()
+    ).mean(-1).mean()
     assert loss_critic.item() == pytest.approx(expected.item(), rel=1e-5)
 
 

@@ -134,5 +134,61 @@ def test_ogbench_preset_holds_ogbenchs_crl_settings():
     assert (cfg.loss.contrastive, cfg.loss.energy, cfg.loss.weight_negatives) == ("binary_nce", "scaled_dot", False)
     assert (cfg.loss.actor_loss, cfg.loss.bc_coef, cfg.loss.random_goal_fraction) == ("ddpg_bc", 0.03, 0.0)
     assert cfg.buffer.actor_goals == "uniform_future" and math.isclose(cfg.loss.gamma, 0.99)
+    assert (cfg.buffer.goal_offsets, model.init, model.policy_mean) == ("clamped", "ogbench", "clip")
     offline = cfg.offline
     assert (offline.gradient_steps, offline.eval_interval, cfg.logger.num_eval_episodes) == (1_000_000, 100_000, 50)
+
+
+# ====================================================================
+# What OGBench's code does and this project's defaults do not
+# ------------------------------------------------------------
+
+
+def test_ogbench_init_is_glorot_uniform_with_zero_biases_and_a_small_policy_mean_layer():
+    from contrastive_rl.models import OGBENCH_FINAL_POLICY_SCALE, ogbench_init_
+
+    torch.manual_seed(0)
+    mlp = ogbench_init_(nn.Sequential(nn.Linear(300, 500), nn.GELU(), nn.Linear(500, 100)),
+                        final_scale=OGBENCH_FINAL_POLICY_SCALE)
+    for linear, scale in ((mlp[0], 1.0), (mlp[2], 1e-2)):
+        fan_in, fan_out = linear.in_features, linear.out_features
+        limit = math.sqrt(6 * scale / (fan_in + fan_out))  # flax variance_scaling(scale, fan_avg, uniform)
+        weight = linear.weight.detach()
+        assert weight.abs().max() <= limit and weight.abs().max() > 0.99 * limit
+        assert weight.std().item() == pytest.approx(limit / math.sqrt(3), rel=0.02)
+        assert (linear.bias == 0).all()
+
+
+def test_clipped_policy_mean_is_unbounded_and_clipped_before_the_critic(make_cfg):
+    cfg, loss_module = make_loss(make_cfg, *DDPG_BC, "model.policy_mean=clip", "model.init=ogbench",
+                                 "loss.bc_coef=0")
+    actor = loss_module.actor_network
+    head = actor.module[0][1].module
+    loc, scale = head(torch.tensor([[3.0, -0.5]]))
+    assert loc.tolist() == [[3.0, -0.5]] and scale.tolist() == [[1.0, 1.0]]
+    assert loss_module.clip_actions
+    batch = make_batch(16)
+    with loss_module.actor_network_params.to_module(actor):
+        mode = actor.get_dist(batch.select("observation", "desired_goal")).mode
+    q = critic_q(loss_module, batch["observation"], mode.clamp(-1, 1), batch["desired_goal"])
+    assert loss_module(batch)["loss_actor"].item() == pytest.approx((-q.mean() / q.abs().mean()).item(), rel=1e-5)
+    with pytest.raises(ConfigError, match="model.policy_mean=clip is not allowed with model.policy=tanh_normal"):
+        validate_config(make_cfg("model.policy_mean=clip"))
+
+
+def test_clamped_offsets_put_the_tail_of_the_geometric_on_the_last_step():
+    from contrastive_rl.replay import sample_clamped_geometric, sample_uniform_offset
+
+    torch.manual_seed(0)
+    gamma, horizon = 0.9, 10
+    offsets = sample_clamped_geometric(torch.full((400_000,), horizon), gamma)
+    frequencies = torch.bincount(offsets, minlength=horizon + 1)[1:].double() / len(offsets)
+    expected = [(1 - gamma) * gamma ** (d - 1) for d in range(1, horizon)] + [gamma ** (horizon - 1)]
+    torch.testing.assert_close(frequencies, torch.tensor(expected, dtype=torch.float64), atol=3e-3, rtol=0)
+    rounded = sample_uniform_offset(torch.full((400_000,), 5), rounded=True)
+    frequencies = torch.bincount(rounded, minlength=6)[1:].double() / len(rounded)
+    torch.testing.assert_close(frequencies, torch.tensor([1 / 8, 1 / 4, 1 / 4, 1 / 4, 1 / 8], dtype=torch.float64),
+                               atol=3e-3, rtol=0)
+    plain = sample_uniform_offset(torch.full((400_000,), 5))
+    assert plain.min() == 1 and plain.max() == 5
+    assert (torch.bincount(plain)[1:].double() / len(plain) - 0.2).abs().max() < 3e-3
