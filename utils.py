@@ -9,7 +9,6 @@ from omegaconf import OmegaConf
 from tensordict import TensorDict
 from tensordict.nn import InteractionType, TensorDictModule, TensorDictSequential
 from tensordict.nn.distributions import NormalParamExtractor
-from torch import nn
 from torchrl.collectors import Collector
 from torchrl.envs import CatTensors, EnvCreator, ParallelEnv, TransformedEnv
 from torchrl.envs.libs.gym import GymWrapper
@@ -33,11 +32,11 @@ from contrastive_rl.envs import (
 from contrastive_rl.locomaze import NUM_TASKS, is_ogbench_name
 from contrastive_rl.loss import ContrastiveLoss, make_contrastive_loss
 from contrastive_rl.models import (
-    ACTIVATIONS,
     OGBENCH_FINAL_POLICY_SCALE,
     ContrastiveCritic,
     FixedStdNormalHead,
     GoalConditionedNet,
+    hidden_layer_kwargs,
     ogbench_init_,
 )
 from contrastive_rl.offline import split_into_columns
@@ -193,9 +192,8 @@ def make_agent(cfg, env, keys: DataKeys, device) -> tuple[ProbabilisticActor, Co
         in_features=observation_dim + goal_dim,
         out_features=(2 if model.policy == "tanh_normal" else 1) * action_dim,
         num_cells=[model.hidden_dim] * hidden_layers,
-        activation_class=ACTIVATIONS[model.activation],
-        norm_class=nn.LayerNorm if model.actor_layer_norm else None,
-        norm_kwargs=[{"normalized_shape": model.hidden_dim}] * hidden_layers if model.actor_layer_norm else None,
+        **hidden_layer_kwargs(model.hidden_dim, hidden_layers, model.activation, model.actor_layer_norm,
+                              model.layer_norm_after_activation),
         device=device,
     )
     if model.init == "ogbench":
@@ -240,6 +238,7 @@ def make_agent(cfg, env, keys: DataKeys, device) -> tuple[ProbabilisticActor, Co
         cold_init=model.cold_init,
         activation=model.activation,
         init=model.init,
+        norm_after_activation=model.layer_norm_after_activation,
         num_critics=2 if model.twin_critics else 1,
         encoder=critic_encoder,
         device=device,

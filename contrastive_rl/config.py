@@ -109,6 +109,7 @@ RULES = {
     "model.num_layers": POSITIVE_INTEGER,
     "model.use_layer_norm": BOOLEAN,
     "model.actor_layer_norm": BOOLEAN,
+    "model.layer_norm_after_activation": BOOLEAN,
     "model.cold_init": BOOLEAN,
     "model.init": Rule("choice", choices=INITS),
     "model.activation": Rule("choice", choices=tuple(ACTIVATIONS)),

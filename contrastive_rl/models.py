@@ -26,6 +26,32 @@ def ogbench_init_(mlp: nn.Module, final_scale: float = 1.0) -> nn.Module:
     return mlp
 
 
+class ActivationThenLayerNorm(nn.Module):
+    """``activation`` then LayerNorm: one hidden block's tail in OGBench's MLP (Dense, activation,
+    LayerNorm), which torchrl's MLP, normalising before its activation, cannot order itself."""
+
+    def __init__(self, activation: str, normalized_shape: int, device=None) -> None:
+        super().__init__()
+        self.activation = ACTIVATIONS[activation]()
+        self.norm = nn.LayerNorm(normalized_shape, device=device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.activation(x))
+
+
+def hidden_layer_kwargs(hidden_dim: int, num_layers: int, activation: str, layer_norm: bool,
+                        norm_after_activation: bool = False) -> dict:
+    """torchrl ``MLP`` keyword arguments for hidden blocks of Linear, LayerNorm, ``activation`` (torchrl's
+    order, the stable-CRL code's), or with ``norm_after_activation`` Linear, ``activation``, LayerNorm
+    (OGBench's); no LayerNorm without ``layer_norm``."""
+    if layer_norm and norm_after_activation:
+        return {"activation_class": ActivationThenLayerNorm,
+                "activation_kwargs": [{"activation": activation, "normalized_shape": hidden_dim}] * num_layers}
+    return {"activation_class": ACTIVATIONS[activation],
+            "norm_class": nn.LayerNorm if layer_norm else None,
+            "norm_kwargs": [{"normalized_shape": hidden_dim}] * num_layers if layer_norm else None}
+
+
 def make_encoder(
     in_features: int,
     out_features: int,
@@ -36,10 +62,11 @@ def make_encoder(
     cold_init: bool,
     activation: str = "relu",
     init: str = "torch",
+    norm_after_activation: bool = False,
     device: torch.device | str | None = None,
 ) -> MLP:
-    """``num_layers`` hidden layers of ``hidden_dim`` units (Linear, ``activation``, LayerNorm), then a
-    linear output.
+    """``num_layers`` hidden layers of ``hidden_dim`` units (Linear, LayerNorm, ``activation``; or Linear,
+    ``activation``, LayerNorm with ``norm_after_activation``), then a linear output.
 
     ``init``: ``torch``'s default Linear initialisation or ``ogbench``'s (``ogbench_init_``). With
     ``cold_init`` the output layer then starts at U[-1e-12, 1e-12] with a zero bias, so every logit of
@@ -49,9 +76,7 @@ def make_encoder(
         in_features=in_features,
         out_features=out_features,
         num_cells=[hidden_dim] * num_layers,
-        activation_class=ACTIVATIONS[activation],
-        norm_class=nn.LayerNorm if use_layer_norm else None,
-        norm_kwargs=[{"normalized_shape": hidden_dim}] * num_layers if use_layer_norm else None,
+        **hidden_layer_kwargs(hidden_dim, num_layers, activation, use_layer_norm, norm_after_activation),
         device=device,
     )
     if init == "ogbench":
@@ -84,6 +109,7 @@ class ContrastiveCritic(nn.Module):
         cold_init: bool,
         activation: str = "relu",
         init: str = "torch",
+        norm_after_activation: bool = False,
         num_critics: int = 1,
         encoder: nn.Module | None = None,
         device: torch.device | str | None = None,
@@ -97,6 +123,7 @@ class ContrastiveCritic(nn.Module):
             cold_init=cold_init,
             activation=activation,
             init=init,
+            norm_after_activation=norm_after_activation,
             device=device,
         )
         self.state_action_encoders = nn.ModuleList(

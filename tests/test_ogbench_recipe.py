@@ -135,6 +135,7 @@ def test_ogbench_preset_holds_ogbenchs_crl_settings():
     assert (cfg.loss.actor_loss, cfg.loss.bc_coef, cfg.loss.random_goal_fraction) == ("ddpg_bc", 0.03, 0.0)
     assert cfg.buffer.actor_goals == "uniform_future" and math.isclose(cfg.loss.gamma, 0.99)
     assert (cfg.buffer.goal_offsets, model.init, model.policy_mean) == ("clamped", "ogbench", "clip")
+    assert model.layer_norm_after_activation
     offline = cfg.offline
     assert (offline.gradient_steps, offline.eval_interval, cfg.logger.num_eval_episodes) == (1_000_000, 100_000, 50)
 
@@ -142,6 +143,22 @@ def test_ogbench_preset_holds_ogbenchs_crl_settings():
 # ====================================================================
 # What OGBench's code does and this project's defaults do not
 # ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("after", [False, True])
+def test_layer_norm_sits_where_each_code_puts_it(make_cfg, after):
+    """torchrl's MLP and the stable-CRL code normalise before the activation; OGBench's MLP after it."""
+    cfg = make_cfg("model.hidden_dim=16", "model.num_layers=2", "model.embed_dim=8", "model.activation=gelu",
+                   f"model.layer_norm_after_activation={str(after).lower()}", "model.actor_layer_norm=true")
+    actor, critic = build_agent(cfg, FakeEnvSpecs())
+    torch.manual_seed(0)
+    for mlp in (critic.goal_encoders[0], actor.module[0][0].module.mlp):
+        first_block = nn.Sequential(*list(mlp)[:3 - after])
+        hidden = first_block(torch.randn(64, mlp[0].in_features))
+        spread = (hidden.std(-1, unbiased=False) - 1).abs().max()
+        ends_normalised = (hidden.mean(-1).abs().max() < 1e-4) & (spread < 1e-2)
+        assert bool(ends_normalised) == after
+        assert (hidden > -0.2).all() != after  # GELU's floor is about -0.17: the block ends with it only before
 
 
 def test_ogbench_init_is_glorot_uniform_with_zero_biases_and_a_small_policy_mean_layer():
