@@ -44,6 +44,7 @@ from utils import (
     make_optimizer,
     make_replay_buffer,
     make_target_updater,
+    make_value_maps,
     make_train_environment,
     make_video_environment,
 )
@@ -96,6 +97,7 @@ def main(cfg: "DictConfig"):  # noqa: F821
         checkpointer.restore_replay_buffer()
 
     update = GradientUpdate(cfg, loss_module, optimizer, target_updater, device, world_size)
+    value_maps = make_value_maps(cfg, env_name, loss_module, actor, logger) if is_main else None
 
     def train(num_updates: int, where: str, pbar: ProgressBar) -> dict[str, float]:
         """``num_updates`` updates on sampled batches; their mean losses and diagnostics."""
@@ -161,7 +163,7 @@ def main(cfg: "DictConfig"):  # noqa: F821
                 if is_main and (progress.num_updates % cfg.offline.eval_interval == 0
                                 or progress.num_updates == offline_steps):
                     step = progress.num_updates
-                    metrics.update(evaluate_and_record(cfg, eval_envs, video_env, actor, step, progress))
+                    metrics.update(evaluate_and_record(cfg, eval_envs, video_env, actor, step, progress, value_maps))
                     pbar.show_success(metrics["eval/success_final"], progress.num_updates)
                 metrics.update(progress.rates(time.perf_counter() - start_time))
                 log_metrics(logger, metrics, progress.num_updates)
@@ -203,7 +205,7 @@ def main(cfg: "DictConfig"):  # noqa: F821
                     progress.next_eval += cfg.logger.eval_interval
                     if is_main:
                         metrics.update(evaluate_and_record(cfg, eval_envs, video_env, actor, progress.collected_frames,
-                                                           progress))
+                                                           progress, value_maps))
                         pbar.show_success(metrics["eval/success_final"], progress.num_updates)
 
                 metrics.update(progress.rates(time.perf_counter() - start_time))

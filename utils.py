@@ -3,6 +3,7 @@ optimizer and logger."""
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
@@ -29,7 +30,7 @@ from contrastive_rl.envs import (
     stream_seed,
     vector_env_maker,
 )
-from contrastive_rl.locomaze import NUM_TASKS, is_ogbench_name
+from contrastive_rl.locomaze import NUM_TASKS, is_ogbench_name, make_ogbench_env
 from contrastive_rl.loss import ContrastiveLoss, make_contrastive_loss
 from contrastive_rl.models import (
     OGBENCH_FINAL_POLICY_SCALE,
@@ -42,6 +43,7 @@ from contrastive_rl.models import (
 from contrastive_rl.offline import split_into_columns
 from contrastive_rl.pixels import GOAL_PIXELS_KEY, PIXELS_KEY, PixelEncoder, RandomShiftCrop, SharedEncoderView
 from contrastive_rl.replay import FutureGoalReplayBuffer
+from contrastive_rl.value_maps import ValueMaps
 from contrastive_rl.videos import VIDEO_KEY, Mp4CSVLogger, make_video_gym_env
 
 VIDEO_FPS = 25
@@ -309,6 +311,15 @@ def make_target_updater(cfg, loss_module: ContrastiveLoss) -> SoftUpdate | None:
     if not loss_module.has_target_critic:
         return None
     return SoftUpdate(loss_module, tau=cfg.loss.target_tau)
+
+
+def make_value_maps(cfg, env_name: str, loss_module: ContrastiveLoss, actor, logger) -> ValueMaps | None:
+    """The value maps drawn after each evaluation (``logger.value_maps``, OGBench pointmazes), into the
+    run directory's ``value_maps/``."""
+    if not cfg.logger.value_maps:
+        return None
+    maze = make_ogbench_env(env_name, cfg.env.max_steps).unwrapped
+    return ValueMaps(cfg, maze, loss_module, actor, logger, Path.cwd() / "value_maps")
 
 
 # ====================================================================

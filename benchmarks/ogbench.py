@@ -1,15 +1,16 @@
-"""OGBench pointmaze navigate, offline: OGBench's CRL recipe and this project's stable-CRL recipe beside
-OGBench's published CRL success.
+"""OGBench pointmaze, offline, navigate and stitch: every preset beside OGBench's published success.
 
-    python benchmarks/ogbench.py                       # CPU scale: medium and large, 2 seeds, both recipes
+    python benchmarks/ogbench.py                       # CPU scale: medium and large, navigate and stitch, 2 seeds
+    python benchmarks/ogbench.py --recipes ogbench_crl ogbench_tmd --datasets pointmaze-medium-stitch-v0
     python benchmarks/ogbench.py --scale paper --steps 1000000 --eval-interval 100000 --eval-episodes 50
 
 Regenerates the datasets that are missing under ``--root`` (make_dataset.py's recipe), trains every
 recipe x dataset x seed offline (``--parallel`` runs at a time, the cores split between them), prints the
 overall and per-task success (OGBench's 5 evaluation tasks) per seed and step with the wall-clock and
-updates/s, beside OGBench's published CRL (8 seeds, 1M gradient steps, 5 x 50 episodes) and the best
-published method, and saves a PNG. ``--scale cpu`` narrows both recipes (256 units, batch 256) to what
-a CPU trains in an hour; ``paper`` keeps each recipe's own sizes.
+updates/s, beside OGBench's published CRL, QRL and HIQL (8 seeds, 1M gradient steps, 5 x 50 episodes),
+and saves a PNG of the curves and, with ``--value-maps``, each run's final value map per task
+(``logger.value_maps``). ``--scale cpu`` narrows every recipe (2 x 256 units, latent 64, batch 256: the
+size OGBench's JAX CRL was run beside) to what a CPU trains in minutes; ``paper`` keeps each recipe's own.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,21 +39,24 @@ from contrastive_rl.locomaze import NUM_TASKS, OGBENCH_ROOT, REGENERABLE_DATASET
 # Hydra config and overrides of each recipe; the dataset and the time limit come from the dataset's name.
 RECIPES = {
     "ogbench_crl": ("config_ogbench_crl", []),
-    # The paper's defaults (config.yaml) with the released code's offline behaviour cloning.
-    "stable_crl": ("config", ["loss.bc_coef=0.05", "env.max_steps=1000"]),
+    "ogbench_td_infonce": ("config_ogbench_td_infonce", []),
+    "ogbench_tmd": ("config_ogbench_tmd", []),
+    # The released stable-CRL code's recipe, with OGBench's episode length.
+    "stable_crl": ("config_stable_crl", ["env.max_steps=1000"]),
 }
-SCALES = {"paper": [], "cpu": ["model.hidden_dim=256", "buffer.batch_size=256"]}
-# OGBench paper (Park et al., ICLR 2025), table of state-based navigate results: success in %.
-PUBLISHED_CRL = {
-    "pointmaze-medium-navigate-v0": (29, 7),
-    "pointmaze-large-navigate-v0": (39, 7),
-    "antmaze-medium-navigate-v0": (95, 1),
-    "antmaze-large-navigate-v0": (83, 4),
+# OGBench's CRL settings on stitch datasets (impls/hyperparameters.sh): half the actor's goals random.
+STITCH_OVERRIDES = ["loss.random_goal_fraction=0.5"]
+SCALES = {"paper": [], "cpu": ["model.hidden_dim=256", "model.num_layers=2", "model.embed_dim=64",
+                               "buffer.batch_size=256"]}
+# OGBench paper (Park et al., ICLR 2025), Table 2, state-based pointmaze: success in % (8 seeds, 1M steps).
+PUBLISHED = {
+    "pointmaze-medium-navigate-v0": {"CRL": 29, "QRL": 82, "HIQL": 79},
+    "pointmaze-large-navigate-v0": {"CRL": 39, "QRL": 86, "HIQL": 58},
+    "pointmaze-giant-navigate-v0": {"CRL": 27, "QRL": 68, "HIQL": 46, "MQE": 73},
+    "pointmaze-medium-stitch-v0": {"CRL": 0, "QRL": 80, "HIQL": 74},
+    "pointmaze-large-stitch-v0": {"CRL": 0, "QRL": 84, "HIQL": 13},
 }
-BEST_PUBLISHED = {
-    "pointmaze-medium-navigate-v0": ("QRL", 82),
-    "pointmaze-large-navigate-v0": ("QRL", 86),
-}
+PUBLISHED_STYLES = {"CRL": "--", "QRL": ":", "HIQL": "-.", "MQE": (0, (1, 3))}
 
 
 def ensure_dataset(name: str, root: Path) -> None:
@@ -63,6 +68,10 @@ def ensure_dataset(name: str, root: Path) -> None:
 def train(recipe: str, name: str, seed: int, args, run_dir: Path, threads: int) -> dict:
     """One offline run; its per-task and overall success, wall-clock and updates/s by gradient step."""
     config, overrides = RECIPES[recipe]
+    if "-stitch-" in name:
+        overrides = [*overrides, *STITCH_OVERRIDES]
+    if args.value_maps:
+        overrides = [*overrides, "logger.value_maps=true"]
     command = [
         sys.executable, str(ROOT / "stable_contrastive_rl.py"), "--config-name", config,
         f"env.env_name={name}", f"env.seed={seed}", f"offline.dataset=ogbench:{name}", f"offline.root={args.root}",
@@ -81,8 +90,17 @@ def train(recipe: str, name: str, seed: int, args, run_dir: Path, threads: int) 
     }
     for task in range(1, NUM_TASKS + 1):
         run[f"task{task}"] = read_scalar(run_dir, f"eval/task{task}_success")
+    if args.value_maps:
+        keep_final_value_maps(run_dir, args.steps, args.output.parent / "value_maps" / f"{recipe}_{name}_seed{seed}")
     print(f"done: {recipe} {name} seed {seed}, {run['elapsed'][max(run['elapsed'])]:.0f} s", flush=True)
     return run
+
+
+def keep_final_value_maps(run_dir: Path, step: int, prefix: Path) -> None:
+    """Copy the value maps of the run's last evaluation out of its (temporary) run directory."""
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    for image in sorted((run_dir / "value_maps").glob(f"value_map_step{step}_task*.png")):
+        shutil.copyfile(image, f"{prefix}_{image.name.rsplit('_', 1)[-1]}")
 
 
 def run_all(args) -> dict:
@@ -106,11 +124,8 @@ def report(results: dict, args) -> None:
     print(f"OGBench offline, {args.scale} scale, {args.eval_episodes} episodes per task, {os.cpu_count()} CPU cores; "
           "success in % (overall = mean of the 5 tasks)")
     for name in args.datasets:
-        published = PUBLISHED_CRL.get(name)
-        best = BEST_PUBLISHED.get(name)
-        print(f"\n{name}: published CRL {published[0]} +- {published[1]} (1M steps, 8 seeds)" if published else
-              f"\n{name}", end="")
-        print(f"; best published {best[0]} {best[1]}" if best else "")
+        published = PUBLISHED.get(name, {})
+        print(f"\n{name}: published (1M steps, 8 seeds) " + ", ".join(f"{k} {v}" for k, v in published.items()))
         for recipe in args.recipes:
             runs = results[recipe][name]
             seeds = list(runs)
@@ -130,18 +145,16 @@ def report(results: dict, args) -> None:
 def plot(results: dict, args) -> None:
     figure, axes = plt.subplots(1, len(args.datasets), figsize=(5.5 * len(args.datasets), 4), squeeze=False)
     for axis, name in zip(axes[0], args.datasets):
-        for color, recipe in zip(("tab:blue", "tab:orange", "tab:green"), args.recipes):
+        for color, recipe in zip(("tab:blue", "tab:orange", "tab:green", "tab:red"), args.recipes):
             runs = results[recipe][name]
             steps = sorted(next(iter(runs.values()))["overall"])
             for seed, run in runs.items():
                 axis.plot(steps, [100 * run["overall"][s] for s in steps], color=color, alpha=0.3, linewidth=1)
             axis.plot(steps, [mean(100 * run["overall"][s] for run in runs.values()) for s in steps], color=color,
                       marker="o", label=f"{recipe} (mean of {len(runs)} seeds)")
-        if name in PUBLISHED_CRL:
-            axis.axhline(PUBLISHED_CRL[name][0], color="gray", linestyle="--", label="published CRL (1M steps)")
-        if name in BEST_PUBLISHED:
-            method, value = BEST_PUBLISHED[name]
-            axis.axhline(value, color="black", linestyle=":", label=f"published {method} (1M steps)")
+        for method, value in PUBLISHED.get(name, {}).items():
+            axis.axhline(value, color="gray", linestyle=PUBLISHED_STYLES[method], linewidth=1,
+                         label=f"published {method} (1M steps)")
         axis.set_title(name, fontsize=10)
         axis.set_xlabel("gradient steps")
         axis.set_ylabel("overall success (%)")
@@ -158,7 +171,8 @@ def plot(results: dict, args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+",
-                        default=["pointmaze-medium-navigate-v0", "pointmaze-large-navigate-v0"])
+                        default=["pointmaze-medium-navigate-v0", "pointmaze-large-navigate-v0",
+                                 "pointmaze-medium-stitch-v0", "pointmaze-large-stitch-v0"])
     parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--scale", choices=list(SCALES), default="cpu")
@@ -169,6 +183,8 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2, help="runs trained at once")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "ogbench_pointmaze.png")
     parser.add_argument("--save", type=Path, help="also write every figure as JSON")
+    parser.add_argument("--value-maps", action="store_true",
+                        help="save each run's value maps of its last evaluation beside --output")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run, after --")
     args = parser.parse_args()
 

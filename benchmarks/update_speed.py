@@ -1,7 +1,8 @@
-"""Offline updates per second of config_ogbench_crl, as the training script runs them, at several sizes.
+"""Offline updates per second of a preset (config_ogbench_crl by default), as the training script runs
+them, at several sizes.
 
-    python benchmarks/update_speed.py [--sizes small mid recipe] [--modes eager compiled] [--threads 1]
-        [--alongside "COMMAND with {batch} {hidden} {layers} {latent}"]
+    python benchmarks/update_speed.py [--preset config_ogbench_tmd] [--sizes small mid recipe]
+        [--modes eager compiled] [--threads 1] [--alongside "COMMAND with {batch} {hidden} {layers} {latent}"]
 
 Each update is the script's own: a batch sampled from the replay buffer holding a regenerated OGBench
 dataset (geometric future goals for the critic, uniform ones for the actor), the critic and actor
@@ -65,11 +66,12 @@ def size_overrides(size: str) -> list[str]:
             f"model.embed_dim={latent}"]
 
 
-def build_update(overrides: list[str], dataset: str, root: Path, device: torch.device, offline_data):
-    """One update of the training script, on a batch of its replay buffer, for config_ogbench_crl with
+def build_update(overrides: list[str], dataset: str, root: Path, device: torch.device, offline_data,
+                 preset: str = "config_ogbench_crl"):
+    """One update of the training script, on a batch of its replay buffer, for ``preset`` with
     ``overrides``."""
     with initialize_config_dir(config_dir=str(ROOT), version_base="1.1"):
-        cfg = compose(config_name="config_ogbench_crl",
+        cfg = compose(config_name=preset,
                       overrides=[f"env.env_name={dataset}", f"offline.root={root}", f"device={device}", *overrides])
     set_matmul_precision(cfg)
     keys = DataKeys.from_config(cfg)
@@ -108,6 +110,7 @@ def time_modes(steps: dict, updates: int, rounds: int, device, reference: subpro
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="config_ogbench_crl", help="the Hydra config whose update is timed")
     parser.add_argument("--sizes", nargs="+", choices=tuple(SIZES), default=["small", "mid", "recipe"])
     parser.add_argument("--modes", nargs="+", choices=tuple(MODES), default=["eager", "compiled"])
     parser.add_argument("--dataset", default="pointmaze-medium-navigate-v0")
@@ -137,7 +140,7 @@ def main() -> None:
                            overrides=[f"env.env_name={args.dataset}", f"offline.root={args.root}"])
     offline_data = load_offline_data(data_cfg, resolve_goal_env(data_cfg))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU thread(s)"
-    print(f"{args.dataset}, {len(offline_data):,} transitions; torch {torch.__version__} on {name}")
+    print(f"{args.preset} on {args.dataset}, {len(offline_data):,} transitions; torch {torch.__version__} on {name}")
 
     results = []
     for size in args.sizes:
@@ -145,7 +148,8 @@ def main() -> None:
         updates = args.updates or max(2, 16384 // batch)
         steps, compile_seconds = {}, {}
         for mode in modes:
-            step = build_update([*size_overrides(size), *MODES[mode]], args.dataset, args.root, device, offline_data)
+            step = build_update([*size_overrides(size), *MODES[mode]], args.dataset, args.root, device, offline_data,
+                                args.preset)
             start = time.perf_counter()
             for _ in range(args.warmup):
                 step()

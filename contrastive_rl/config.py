@@ -153,6 +153,7 @@ RULES = {
     "logger.num_eval_episodes": POSITIVE_INTEGER,
     "logger.video_every": NON_NEGATIVE_INTEGER,
     "logger.video_size": POSITIVE_INTEGER,
+    "logger.value_maps": BOOLEAN,
     "checkpoint.interval": NON_NEGATIVE_INTEGER,
     "checkpoint.resume": STRING,
     "compile.compile": BOOLEAN,

@@ -27,6 +27,7 @@ from contrastive_rl.pixels import (
     rendering_error,
     supports_image_goals,
 )
+from contrastive_rl.value_maps import supports_value_maps
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,13 @@ def resolve_goal_env(cfg) -> str:
             if OmegaConf.select(cfg, key):
                 raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} is not allowed with an OGBench env yet: "
                                   "images and videos are for the gymnasium-robotics envs")
+        if cfg.logger.value_maps and not supports_value_maps(cfg.env.env_name):
+            raise ConfigError(f"logger.value_maps=true is not allowed with env.env_name={cfg.env.env_name!r}: value "
+                              "maps need states that are maze positions (OGBench's pointmaze datasets)")
         return cfg.env.env_name
+    if cfg.logger.value_maps:
+        raise ConfigError(f"logger.value_maps=true is not allowed with env.env_name={cfg.env.env_name!r}: value maps "
+                          "are drawn over OGBench's pointmazes")
     env_name = resolve_env_name(cfg.env.env_name)
     env = gym.make(env_name)
     try:

@@ -35,15 +35,17 @@ def episode_metrics(rollout: TensorDict) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate(eval_env, actor, max_steps: int, seed: int) -> dict[str, float]:
+def evaluation_rollout(eval_env, actor, max_steps: int, seed: int) -> TensorDict:
     """One episode per eval env on fresh desired goals (drawn from ``seed``), acting with the policy's
-    mode."""
+    mode: the ``[num_envs, max_steps]`` rollout."""
     eval_env.set_seed(seed)
     with set_exploration_type(ExplorationType.DETERMINISTIC):
-        rollout = eval_env.rollout(
-            max_steps, actor, auto_cast_to_device=True, break_when_any_done=False
-        )
-    return episode_metrics(rollout)
+        return eval_env.rollout(max_steps, actor, auto_cast_to_device=True, break_when_any_done=False)
+
+
+def evaluate(eval_env, actor, max_steps: int, seed: int) -> dict[str, float]:
+    """``episode_metrics`` of an ``evaluation_rollout``."""
+    return episode_metrics(evaluation_rollout(eval_env, actor, max_steps, seed))
 
 
 def record_video(video_env: TransformedEnv, actor, max_steps: int, seed: int, step: int) -> TensorDict:
@@ -56,14 +58,20 @@ def record_video(video_env: TransformedEnv, actor, max_steps: int, seed: int, st
     return rollout
 
 
-def evaluate_and_record(cfg, eval_envs: dict, video_env, actor, step: int, progress) -> dict[str, float]:
+def evaluate_and_record(cfg, eval_envs: dict, video_env, actor, step: int, progress,
+                        value_maps=None) -> dict[str, float]:
     """The ``eval/*`` metrics at ``step``, and the video of its first episode every
     ``logger.video_every`` evaluations; counts the evaluation in ``progress``. With one env per
     evaluation task (OGBench), each task's final success (``eval/taskK_success``), their mean
-    (``eval/overall_success``, the figure OGBench reports) and the other metrics averaged over tasks."""
+    (``eval/overall_success``, the figure OGBench reports) and the other metrics averaged over tasks;
+    ``value_maps`` (``contrastive_rl.value_maps.ValueMaps``) then draws each task's value map."""
     seed = stream_seed(cfg.env.seed, EVAL_SEED_STREAM, step)
     with timeit("eval"):
-        per_task = {task: evaluate(env, actor, cfg.env.max_steps, seed=seed) for task, env in eval_envs.items()}
+        rollouts = {task: evaluation_rollout(env, actor, cfg.env.max_steps, seed) for task, env in eval_envs.items()}
+        per_task = {task: episode_metrics(rollout) for task, rollout in rollouts.items()}
+    if value_maps is not None:
+        with timeit("value maps"):
+            value_maps(rollouts, step)
     names = next(iter(per_task.values()))
     metrics = {name: sum(task[name] for task in per_task.values()) / len(per_task) for name in names}
     if None not in per_task:
