@@ -9,10 +9,11 @@ PointMaze and FetchReach, with Gaussian action noise of std ``--noise`` and, wit
 DataCollector under ``--root`` (then train with ``offline.dataset=<id> offline.root=<root>``, or
 ``offline.dataset=<root>/<id>``). Prints the data policy's own success rate.
 
-    python make_dataset.py --ogbench pointmaze-medium-navigate-v0
+    python make_dataset.py --ogbench pointmaze-medium-navigate-v0     # or pointmaze-medium-stitch-v0
 
-regenerates one of OGBench's pointmaze navigate datasets (``contrastive_rl/locomaze.py``) as the
-``.npz`` and ``-val.npz`` files that ogbench's loader reads, by default where it looks for them.
+regenerates one of OGBench's pointmaze navigate or stitch datasets (``contrastive_rl/locomaze.py``),
+with a progress bar, as the ``.npz`` and ``-val.npz`` files that ogbench's loader reads, by default
+where it looks for them.
 """
 from __future__ import annotations
 
