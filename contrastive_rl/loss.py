@@ -49,9 +49,9 @@ class PairwiseMaxResidual(torch.autograd.Function):
     """``[..., P, h, B] x [..., P, h, B] -> [..., P, B, B]``: relu(max_c (x[c, i] - y[c, j])) for every pair,
     coordinate-major so that every pass reads whole ``[B, B]`` planes.
 
-    Written by hand: autograd saves the ``h x B x B`` difference for the max's backward and the relu's
-    mask beside it; this backward recomputes the difference instead and finds each pair's maximising
-    coordinate in the same pass, which halves the memory traffic of the distance.
+    Written by hand: autograd saves the ``h x B x B`` difference for the max's backward and builds its
+    mask and product in new tensors; this backward recomputes the difference and turns it into the
+    gradient in place, a few times faster on a CPU.
     """
 
     @staticmethod
@@ -64,7 +64,8 @@ class PairwiseMaxResidual(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         x, y, best = ctx.saved_tensors
         grad = (grad * (best > 0)).unsqueeze(-3)
-        share = grad * ((x.unsqueeze(-1) - y.unsqueeze(-2)) == best.unsqueeze(-3))
+        # 1 where a coordinate gives the maximum, else 0, built in place in the recomputed difference.
+        share = (x.unsqueeze(-1) - y.unsqueeze(-2)).sub_(best.unsqueeze(-3)).sign_().add_(1).mul_(grad)
         return share.sum(-1), -share.sum(-2)
 
 
