@@ -43,11 +43,6 @@ def evaluation_rollout(eval_env, actor, max_steps: int, seed: int) -> TensorDict
         return eval_env.rollout(max_steps, actor, auto_cast_to_device=True, break_when_any_done=False)
 
 
-def evaluate(eval_env, actor, max_steps: int, seed: int) -> dict[str, float]:
-    """``episode_metrics`` of an ``evaluation_rollout``."""
-    return episode_metrics(evaluation_rollout(eval_env, actor, max_steps, seed))
-
-
 def record_video(video_env: TransformedEnv, actor, max_steps: int, seed: int, step: int) -> TensorDict:
     """Replay the first evaluation episode (same seed, deterministic policy) in ``video_env`` and log
     its video at ``step``; return the rollout."""

@@ -552,6 +552,17 @@ class NextStateBootstrapLoss(ContrastiveLoss):
     def _global_batch(self, state_action_repr: torch.Tensor, goal_repr: torch.Tensor):
         return state_action_repr, goal_repr
 
+    @torch.no_grad()
+    def _target_representations(self, next_observation, next_state, goal):
+        """The target critics' phi(s', a') with a' ~ pi(s', g) and psi(g), without gradient."""
+        with self.actor_network_params.to_module(self.actor_network):
+            next_action = self.actor_network.get_dist(self._actor_input(next_observation, goal, next_state)).sample()
+        if self.clip_actions:
+            next_action = self._clip_to_bounds(next_action)
+        with self.target_critic_network_params.to_module(self.critic_network):
+            return (self.critic_network.encode_state_action(next_observation, next_action, next_state),
+                    self.critic_network.encode_goal(goal))
+
 
 class TDContrastiveLoss(NextStateBootstrapLoss):
     """The ``td`` critic loss (C-learning, the released stable-CRL code's default), with target critics.
@@ -583,16 +594,7 @@ class TDContrastiveLoss(NextStateBootstrapLoss):
         positive_logits = self.paired(state_action_repr, next_goal_repr)
         random_logits = self.paired(state_action_repr, goal_repr.roll(-1, 1))
         with torch.no_grad():
-            actor_input = self._actor_input(next_observation, random_goal, next_state)
-            with self.actor_network_params.to_module(self.actor_network):
-                next_action = self.actor_network.get_dist(actor_input).sample()
-            if self.clip_actions:
-                next_action = self._clip_to_bounds(next_action)
-            with self.target_critic_network_params.to_module(self.critic_network):
-                target_logits = self.paired(
-                    self.critic_network.encode_state_action(next_observation, next_action, next_state),
-                    self.critic_network.encode_goal(random_goal),
-                )
+            target_logits = self.paired(*self._target_representations(next_observation, next_state, random_goal))
             probability = torch.sigmoid(target_logits).min(0).values
             weight = (probability / (1 - probability)).clamp(0, self.max_importance_weight)
         ones = torch.ones_like(positive_logits)
@@ -634,22 +636,11 @@ class TDInfoNCELoss(NextStateBootstrapLoss):
             logits, self.paired(state_action_repr, next_goal_repr), dim1=-2, dim2=-1
         )
         with torch.no_grad():
-            soft_labels = self._target_soft_labels(next_observation, next_state, goal)
+            # Row i: softmax_j of the target critics' min at (s'_i, a'_i ~ pi(s'_i, g_i), g_j).
+            target_logits = self.pairwise(*self._target_representations(next_observation, next_state, goal))
+            soft_labels = torch.softmax(target_logits.min(0).values, dim=-1)
         bootstrap = (torch.logsumexp(logits, -1) - (soft_labels * logits).sum(-1)).mean(-1)
         return (1 - self.gamma) * infonce_loss(next_state_logits) + self.gamma * bootstrap
-
-    def _target_soft_labels(self, next_observation, next_state, goal) -> torch.Tensor:
-        """``[B, B]``: row i is softmax_j of the target critics' min at (s'_i, a'_i ~ pi(s'_i, g_i), g_j)."""
-        with self.actor_network_params.to_module(self.actor_network):
-            next_action = self.actor_network.get_dist(self._actor_input(next_observation, goal, next_state)).sample()
-        if self.clip_actions:
-            next_action = self._clip_to_bounds(next_action)
-        with self.target_critic_network_params.to_module(self.critic_network):
-            target_logits = self.pairwise(
-                self.critic_network.encode_state_action(next_observation, next_action, next_state),
-                self.critic_network.encode_goal(goal),
-            )
-        return torch.softmax(target_logits.min(0).values, dim=-1)
 
 
 class TMDLoss(ContrastiveLoss):
