@@ -5,7 +5,10 @@
     python benchmarks/ogbench.py --scale paper --steps 1000000 --eval-interval 100000 --eval-episodes 50
 
 Regenerates the datasets that are missing under ``--root`` (make_dataset.py's recipe), trains every
-recipe x dataset x seed offline (``--parallel`` runs at a time, the cores split between them), prints the
+recipe x dataset x seed offline (``--parallel`` runs at a time, the cores split between them; seed by
+seed, so that a matrix cut short has every recipe on every dataset once), keeps each finished run's
+figures under ``--runs`` (a run already there with the same settings is not trained again, so a
+stopped benchmark continues where it was), prints the
 overall and per-task success (OGBench's 5 evaluation tasks) per seed and step with the wall-clock and
 updates/s, beside OGBench's published CRL, QRL and HIQL (8 seeds, 1M gradient steps, 5 x 50 episodes),
 and saves a PNG of the curves and, with ``--value-maps``, each run's final value map per task
@@ -65,6 +68,30 @@ def ensure_dataset(name: str, root: Path) -> None:
         write_locomaze_dataset(name, root)
 
 
+def run_settings(recipe: str, name: str, seed: int, args) -> dict:
+    """What decides a run's figures: a kept run is reused only when these are equal."""
+    return {"recipe": recipe, "dataset": name, "seed": seed, "scale": args.scale, "steps": args.steps,
+            "eval_interval": args.eval_interval, "eval_episodes": args.eval_episodes, "overrides": args.overrides}
+
+
+def kept_run(recipe: str, name: str, seed: int, args, threads: int, tmp: Path) -> dict:
+    """The run's figures from ``--runs`` when it was trained with these settings, else trained now and kept."""
+    path = args.runs / f"{recipe}_{name}_seed{seed}.json"
+    settings = run_settings(recipe, name, seed, args)
+    if path.is_file():
+        kept = json.loads(path.read_text())
+        if kept.get("settings") == settings:
+            print(f"kept: {recipe} {name} seed {seed} ({path})", flush=True)
+            return {key: {int(step): value for step, value in series.items()} if isinstance(series, dict) else series
+                    for key, series in kept["run"].items()}
+    run = train(recipe, name, seed, args, tmp / f"{recipe}_{name}_{seed}", threads)
+    args.runs.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".json.tmp")
+    partial.write_text(json.dumps({"settings": settings, "run": run}))
+    partial.replace(path)
+    return run
+
+
 def train(recipe: str, name: str, seed: int, args, run_dir: Path, threads: int) -> dict:
     """One offline run; its per-task and overall success, wall-clock and updates/s by gradient step."""
     config, overrides = RECIPES[recipe]
@@ -105,10 +132,10 @@ def keep_final_value_maps(run_dir: Path, step: int, prefix: Path) -> None:
 
 def run_all(args) -> dict:
     """``{recipe: {dataset: {seed: run}}}``."""
-    jobs = list(itertools.product(args.recipes, args.datasets, args.seeds))
+    jobs = [(recipe, name, seed) for seed, recipe, name in itertools.product(args.seeds, args.recipes, args.datasets)]
     threads = max(1, (os.cpu_count() or 1) // args.parallel)
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.parallel) as pool:
-        runs = pool.map(lambda job: train(*job, args, Path(tmp) / "_".join(map(str, job)), threads), jobs)
+        runs = pool.map(lambda job: kept_run(*job, args, threads, Path(tmp)), jobs)
         results = {}
         for (recipe, name, seed), run in zip(jobs, runs):
             results.setdefault(recipe, {}).setdefault(name, {})[seed] = run
@@ -183,6 +210,8 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2, help="runs trained at once")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "ogbench_pointmaze.png")
     parser.add_argument("--save", type=Path, help="also write every figure as JSON")
+    parser.add_argument("--runs", type=Path, default=ROOT / "benchmarks" / "results" / "ogbench_runs",
+                        help="where each finished run's figures are kept, and found again")
     parser.add_argument("--value-maps", action="store_true",
                         help="save each run's value maps of its last evaluation beside --output")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run, after --")

@@ -45,28 +45,65 @@ def in_float32(energy_fn: Callable) -> Callable:
     return energy_in_float32
 
 
-class PairwiseMaxResidual(torch.autograd.Function):
-    """``[..., P, h, B] x [..., P, h, B] -> [..., P, B, B]``: relu(max_c (x[c, i] - y[c, j])) for every pair,
-    coordinate-major so that every pass reads whole ``[B, B]`` planes.
+class PairwiseMRN(torch.autograd.Function):
+    """``[..., K, h, B] x [..., K, h, B]`` (the parts' max halves, coordinate-major) and ``[..., K, B, m]`` x
+    ``[..., K, B, m]`` (their L2 halves) ``-> [..., B, B]``: the MRN distance of every pair, the mean over
+    the K parts of relu(max_c (x[c, i] - y[c, j])) + sqrt(|x_i - y_j|^2 + eps).
 
-    Written by hand: autograd saves the ``h x B x B`` difference for the max's backward and builds its
-    mask and product in new tensors; this backward recomputes the difference and turns it into the
-    gradient in place, a few times faster on a CPU.
+    Written by hand: autograd would keep the ``h x B x B`` difference for the max's backward and build
+    its mask and product in new tensors, and run the L2 half as a chain of ``K x B x B`` passes. Here the
+    max walks the pairs a block of rows at a time, small enough to stay in a core's cache through its
+    chain of passes, its backward recomputes the difference and turns it into the gradient in place, and
+    the L2 half is one ``baddbmm`` forward and two matrix products backward.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        best = (x.unsqueeze(-1) - y.unsqueeze(-2)).amax(-3)
-        ctx.save_for_backward(x, y, best)
-        return best.clamp_min(0)
+    def forward(ctx, x_max: torch.Tensor, y_max: torch.Tensor, x_l2: torch.Tensor, y_l2: torch.Tensor) -> torch.Tensor:
+        x_planes, y_planes = x_max.flatten(0, -3), y_max.flatten(0, -3)  # [N, h, B]
+        best = x_max.new_empty(x_planes.shape[0], x_max.shape[-1], y_max.shape[-1])
+        for plane, rows in _cache_sized_blocks(x_planes.shape, y_max.shape[-1]):
+            differences = x_planes[plane, :, rows].unsqueeze(-1) - y_planes[plane].unsqueeze(-2)
+            torch.amax(differences, -3, out=best[plane, rows])
+        squared_norms = x_l2.pow(2).sum(-1).unsqueeze(-1) + y_l2.pow(2).sum(-1).unsqueeze(-2)
+        root = torch.baddbmm(squared_norms.flatten(0, -3), x_l2.flatten(0, -3), y_l2.flatten(0, -3).transpose(-1, -2),
+                             alpha=-2)
+        root = root.view(squared_norms.shape).clamp_min_(0).add_(_MRN_EPS).sqrt_()
+        best = best.view(root.shape)
+        ctx.save_for_backward(x_max, y_max, x_l2, y_l2, best, root)
+        return best.clamp_min(0).add_(root).mean(-3)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        x, y, best = ctx.saved_tensors
-        grad = (grad * (best > 0)).unsqueeze(-3)
-        # 1 where a coordinate gives the maximum, else 0, built in place in the recomputed difference.
-        share = (x.unsqueeze(-1) - y.unsqueeze(-2)).sub_(best.unsqueeze(-3)).sign_().add_(1).mul_(grad)
-        return share.sum(-1), -share.sum(-2)
+        x_max, y_max, x_l2, y_l2, best, root = ctx.saved_tensors
+        grad = grad.unsqueeze(-3) / best.shape[-3]  # the mean over parts
+        x_planes, y_planes, best_planes = x_max.flatten(0, -3), y_max.flatten(0, -3), best.flatten(0, -3)
+        grad_residual = torch.where(best > 0, grad, 0).flatten(0, -3)
+        grad_x_max, grad_y_max = torch.empty_like(x_planes), torch.zeros_like(y_planes)
+        for plane, rows in _cache_sized_blocks(x_planes.shape, y_max.shape[-1]):
+            # 1 where a coordinate gives the maximum, else 0, built in place in the recomputed difference.
+            share = x_planes[plane, :, rows].unsqueeze(-1) - y_planes[plane].unsqueeze(-2)
+            share.sub_(best_planes[plane, rows].unsqueeze(-3)).sign_().add_(1)
+            share.mul_(grad_residual[plane, rows].unsqueeze(-3))
+            torch.sum(share, -1, out=grad_x_max[plane, :, rows])
+            grad_y_max[plane].add_(share.sum(-2))
+        # d sqrt(|x_i - y_j|^2) = (x_i - y_j) / root_ij: row and column sums against the other side's rows.
+        weight = grad / root
+        grad_x_l2 = x_l2 * weight.sum(-1).unsqueeze(-1) - weight @ y_l2
+        grad_y_l2 = y_l2 * weight.sum(-2).unsqueeze(-1) - weight.transpose(-1, -2) @ x_l2
+        return grad_x_max.view(x_max.shape), -grad_y_max.view(y_max.shape), grad_x_l2, grad_y_l2
+
+
+_CACHE_BLOCK_FLOATS = 2**18  # 1 MiB of float32, within a core's L2 cache
+
+
+def _cache_sized_blocks(planes_shape: torch.Size, columns: int):
+    """``(plane, rows)`` blocks of ``[N, h, B]`` planes against ``columns`` columns, each block's
+    ``h x rows x columns`` difference within ``_CACHE_BLOCK_FLOATS``."""
+    num_planes, coordinates, num_rows = planes_shape
+    block = max(1, _CACHE_BLOCK_FLOATS // max(coordinates * columns, 1))
+    for plane in range(num_planes):
+        for start in range(0, num_rows, block):
+            yield plane, slice(start, start + block)
 
 
 def mrn_distance(x: torch.Tensor, y: torch.Tensor, components: int = 8, pairwise: bool = False) -> torch.Tensor:
@@ -77,9 +114,9 @@ def mrn_distance(x: torch.Tensor, y: torch.Tensor, components: int = 8, pairwise
     inequality holds, d(x, y) != d(y, x) in general.
 
     ``[..., B, d] x [..., B, d] -> [..., B]`` (row i with row i), or ``[..., B, B]`` with ``pairwise``
-    (every row of x with every row of y). Pairwise, the L2 halves come from |x|^2 + |y|^2 - 2 x y^T and
-    the residual from ``PairwiseMaxResidual``, whose max reduces across whole ``[B, B]`` planes (over a
-    trailing dimension of a few coordinates, the same max and its backward run several times slower).
+    (every row of x with every row of y), by ``PairwiseMRN``: the L2 halves from |x|^2 + |y|^2 - 2 x y^T,
+    the residual's max across whole rows of ``[B, B]`` planes (over a trailing dimension of a few
+    coordinates, the same max and its backward run several times slower).
     """
     x, y = x.unflatten(-1, (components, -1)), y.unflatten(-1, (components, -1))
     half = x.shape[-1] // 2
@@ -90,11 +127,11 @@ def mrn_distance(x: torch.Tensor, y: torch.Tensor, components: int = 8, pairwise
     x, y = x.movedim(-2, -3), y.movedim(-2, -3)  # [..., parts, B, part size]
     x_max = x[..., :half].transpose(-1, -2).contiguous()  # [..., parts, d/2K, B]
     y_max = y[..., :half].transpose(-1, -2).contiguous()
-    residual = PairwiseMaxResidual.apply(x_max, y_max)
-    x_l2, y_l2 = x[..., half:], y[..., half:]
-    squared = (x_l2.pow(2).sum(-1).unsqueeze(-1) + y_l2.pow(2).sum(-1).unsqueeze(-2)
-               - 2 * x_l2 @ y_l2.transpose(-1, -2)).clamp_min(0)
-    return (residual + (squared + _MRN_EPS).sqrt()).mean(-3)
+    return _pairwise_mrn(x_max, y_max, x[..., half:].contiguous(), y[..., half:].contiguous())
+
+
+# Run as written under torch.compile too: traced, its loop of blocks unrolls into slower kernels.
+_pairwise_mrn = torch.compiler.disable(PairwiseMRN.apply)
 
 
 def iqe_distance(x: torch.Tensor, y: torch.Tensor, mix: torch.Tensor | float, group_size: int = 8,
@@ -688,9 +725,10 @@ class TMDLoss(ContrastiveLoss):
         nce = infonce_loss(logits.transpose(-1, -2) / math.sqrt(state_action_repr.shape[-1]))
         with self.critic_network_params.to_module(self.critic_network):
             state_repr = self.critic_network.encode_goal(tensordict.get(self.tensor_keys.observation))
-            next_state_repr = self.critic_network.encode_goal(tensordict.get(self.tensor_keys.next_achieved_goal))
+            with torch.no_grad():  # the backup's target d(s', g)
+                next_state_repr = self.critic_network.encode_goal(tensordict.get(self.tensor_keys.next_achieved_goal))
+                next_distance = -self.pairwise(next_state_repr, goal_repr)
         invariance = -self.paired(state_repr, state_action_repr).mean(-1)
-        next_distance = -self.pairwise(next_state_repr, goal_repr).detach()
         return nce + invariance + self.zeta * self.linex_backup(distance, next_distance)
 
     def linex_backup(self, distance: torch.Tensor, next_distance: torch.Tensor) -> torch.Tensor:

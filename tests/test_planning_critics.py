@@ -7,6 +7,7 @@ import torch
 from tensordict import TensorDict
 
 from conftest import build_agent, build_loss_module, check_config
+from contrastive_rl import loss as loss_lib
 from contrastive_rl.config import ConfigError, validate_config
 from contrastive_rl.loss import iqe_distance, mrn_distance, paired_energy, pairwise_energy
 
@@ -88,8 +89,11 @@ def test_quasimetric_energies_are_negative_distances_that_obey_the_triangle_ineq
     assert not torch.allclose(distance(x, y), distance(y, x))
 
 
-def test_pairwise_mrn_and_its_gradients_equal_the_broadcast_computation():
-    """The pairwise residual's hand-written backward against autograd through a B x B x d difference."""
+@pytest.mark.parametrize("block_floats", [2**18, 24], ids=["one block", "blocks of a few rows"])
+def test_pairwise_mrn_and_its_gradients_equal_the_broadcast_computation(block_floats, monkeypatch):
+    """The pairwise distance's hand-written forward and backward, walking its pairs in one block or in
+    blocks of a few rows, against autograd through a B x B x d difference."""
+    monkeypatch.setattr(loss_lib, "_CACHE_BLOCK_FLOATS", block_floats)
     torch.manual_seed(0)
     x = torch.randn(2, 7, 16, dtype=torch.float64, requires_grad=True)
     y = torch.randn(2, 9, 16, dtype=torch.float64, requires_grad=True)
