@@ -47,8 +47,10 @@ RECIPES = {
     # The released stable-CRL code's recipe, with OGBench's episode length.
     "stable_crl": ("config_stable_crl", ["env.max_steps=1000"]),
 }
-# OGBench's CRL settings on stitch datasets (impls/hyperparameters.sh): half the actor's goals random.
+# OGBench's CRL settings on stitch datasets (impls/hyperparameters.sh): half the actor's goals random;
+# on the giant mazes, a discount of 0.995.
 STITCH_OVERRIDES = ["loss.random_goal_fraction=0.5"]
+GIANT_OVERRIDES = ["loss.gamma=0.995"]
 SCALES = {"paper": [], "cpu": ["model.hidden_dim=256", "model.num_layers=2", "model.embed_dim=64",
                                "buffer.batch_size=256"]}
 # OGBench paper (Park et al., ICLR 2025), Table 2, state-based pointmaze: success in % (8 seeds, 1M steps).
@@ -97,6 +99,8 @@ def train(recipe: str, name: str, seed: int, args, run_dir: Path, threads: int) 
     config, overrides = RECIPES[recipe]
     if "-stitch-" in name:
         overrides = [*overrides, *STITCH_OVERRIDES]
+    if "-giant-" in name:
+        overrides = [*overrides, *GIANT_OVERRIDES]
     if args.value_maps:
         overrides = [*overrides, "logger.value_maps=true"]
     command = [
