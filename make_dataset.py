@@ -10,8 +10,11 @@ DataCollector under ``--root`` (then train with ``offline.dataset=<id> offline.r
 ``offline.dataset=<root>/<id>``). Prints the data policy's own success rate.
 
     python make_dataset.py --ogbench pointmaze-medium-navigate-v0     # or pointmaze-medium-stitch-v0
+    python make_dataset.py --ogbench cube-single-play-v0 [--episodes 100] [--workers 2]
 
-regenerates one of OGBench's pointmaze navigate or stitch datasets (``contrastive_rl/locomaze.py``),
+regenerates one of OGBench's pointmaze navigate or stitch datasets (``contrastive_rl/locomaze.py``) or
+its manipulation datasets, cube, scene and puzzle, play and noisy (``contrastive_rl/manipspace.py``:
+made by the env's own oracles over ``--workers`` processes, continued where a stopped run left off),
 with a progress bar, as the ``.npz`` and ``-val.npz`` files that ogbench's loader reads, by default
 where it looks for them.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -30,6 +34,13 @@ import numpy as np
 from contrastive_rl.config import ConfigError
 from contrastive_rl.envs import SuccessInfoReader, check_goal_observation_space, resolve_env_name
 from contrastive_rl.locomaze import OGBENCH_ROOT, write_locomaze_dataset
+from contrastive_rl.manipspace import (
+    MANIPULATION_FAMILIES,
+    TRAINING_EPISODES,
+    full_dataset_name,
+    subset_name,
+    write_manipulation_dataset,
+)
 from contrastive_rl.offline import _datasets_path
 from contrastive_rl.pixels import make_pixel_gym_env, supports_image_goals
 from contrastive_rl.scripted import make_controller
@@ -107,10 +118,23 @@ def make_dataset(
     return stats
 
 
-def regenerate_ogbench(name: str, root: Path, episodes: int | None, steps: int | None, seed: int) -> None:
+def regenerate_ogbench(name: str, root: Path, episodes: int | None, steps: int | None, seed: int,
+                       workers: int | None) -> None:
     start = time.perf_counter()
     try:
-        paths = write_locomaze_dataset(name, root, episodes=episodes, steps=steps, seed=seed, progress=True)
+        if name.split("-")[0] in MANIPULATION_FAMILIES:
+            if steps is not None:
+                raise ConfigError(f"--max-steps={steps}: manipulation datasets keep OGBench's 1001 steps per episode")
+            for stop in (signal.SIGINT, signal.SIGTERM):  # a kill stops as Ctrl-C does, also in a background job
+                signal.signal(stop, signal.default_int_handler)
+            try:
+                paths = write_manipulation_dataset(name, root, episodes=episodes, seed=seed, workers=workers,
+                                                   progress=True)
+            except KeyboardInterrupt:
+                parts = root / f"{subset_name(full_dataset_name(name), episodes or TRAINING_EPISODES)}.parts"
+                sys.exit(f"\nstopped: the episodes made so far are kept under {parts}; the same command continues")
+        else:
+            paths = write_locomaze_dataset(name, root, episodes=episodes, steps=steps, seed=seed, progress=True)
     except ConfigError as error:
         sys.exit(f"error: {error}")
     size = sum(path.stat().st_size for path in paths.values())
@@ -121,7 +145,8 @@ def regenerate_ogbench(name: str, root: Path, episodes: int | None, steps: int |
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ogbench", metavar="NAME", help="instead: regenerate OGBench's dataset NAME "
-                        "(pointmaze-{medium,large,giant,teleport}-{navigate,stitch}-v0, train and val npz) under --root "
+                        "(pointmaze-{medium,large,giant,teleport}-{navigate,stitch}-v0, "
+                        "{cube-single,cube-double,scene,puzzle-3x3}-{play,noisy}-v0; train and val npz) under --root "
                         f"(default {OGBENCH_ROOT}) with its recipe")
     parser.add_argument("--env", help="goal env id, e.g. PointMaze_UMaze-v3")
     parser.add_argument("--policy", choices=POLICIES, default="scripted")
@@ -138,16 +163,18 @@ def main() -> None:
     parser.add_argument("--from-pixels", action="store_true", help="also store rendered images (PointMaze)")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="--ogbench manipulation datasets: processes making episodes (default: one per core)")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()
-    for name in ("episodes", "max_steps"):
+    for name in ("episodes", "max_steps", "workers"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             sys.exit(f"error: --{name.replace('_', '-')}={getattr(args, name)} is not allowed: it must be >= 1")
     if not 0.0 <= args.random_prob <= 1.0 or args.noise < 0:
         sys.exit("error: --random-prob must lie in [0, 1] and --noise must be >= 0")
     if args.ogbench:
         regenerate_ogbench(args.ogbench, (args.root or OGBENCH_ROOT).expanduser(), args.episodes, args.max_steps,
-                           args.seed)
+                           args.seed, args.workers)
         return
     if not args.env or not args.dataset_id:
         sys.exit("error: --env and --dataset-id are required (or --ogbench NAME)")

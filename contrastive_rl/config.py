@@ -130,7 +130,7 @@ RULES = {
     "loss.weight_negatives": BOOLEAN,
     "loss.max_importance_weight": POSITIVE,
     "loss.target_tau": UNIT_INTERVAL,
-    "loss.bc_coef": UNIT_INTERVAL,
+    "loss.bc_coef": NON_NEGATIVE,
     "loss.logsumexp_coef": NON_NEGATIVE,
     "loss.alpha_init": NON_NEGATIVE,
     "loss.auto_alpha": BOOLEAN,
@@ -253,6 +253,12 @@ def _check_combinations(cfg) -> None:
         raise ConfigError(
             f"model.policy_mean={cfg.model.policy_mean} is not allowed with model.policy={cfg.model.policy}: "
             "it sets the mean of fixed_std_normal; tanh_normal is bounded by its tanh"
+        )
+    if cfg.loss.actor_loss == "contrastive" and cfg.loss.bc_coef > 1:
+        raise ConfigError(
+            f"loss.bc_coef={_number(cfg.loss.bc_coef)} is not allowed with loss.actor_loss=contrastive: it is the "
+            "behaviour-cloning share of that actor loss, in [0, 1] (ddpg_bc's BC weight, beside the normalised Q, "
+            "may exceed 1)"
         )
     if cfg.loss.auto_alpha and cfg.loss.alpha_init <= 0:
         raise ConfigError(

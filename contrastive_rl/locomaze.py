@@ -20,6 +20,7 @@ import torch
 from tensordict import TensorDict
 
 from contrastive_rl.config import ConfigError
+from contrastive_rl.manipspace import MANIPULATION_FAMILIES, full_dataset_name
 
 OGBENCH_MAZES = ("pointmaze", "antmaze", "humanoidmaze")
 NUM_TASKS = 5  # evaluation tasks of every OGBench maze
@@ -39,14 +40,18 @@ EXPERT_MAZES = ("antmaze", "humanoidmaze")
 
 
 def env_id(dataset_name: str) -> str:
-    """The env of a dataset: ``pointmaze-medium-navigate-v0`` -> ``pointmaze-medium-v0``."""
-    parts = dataset_name.split("-")
+    """The env of a dataset: ``pointmaze-medium-navigate-v0`` -> ``pointmaze-medium-v0``,
+    ``cube-single-play-100ep-v0`` -> ``cube-single-v0``."""
+    parts = full_dataset_name(dataset_name).split("-")
     return "-".join(parts[:-2] + parts[-1:])
 
 
 def is_ogbench_name(name: str) -> bool:
-    """An OGBench dataset name such as ``pointmaze-medium-navigate-v0`` (its env and data type)."""
-    return name.split("-")[0] in OGBENCH_MAZES and len(name.split("-")) >= 4
+    """An OGBench dataset name such as ``pointmaze-medium-navigate-v0`` or ``scene-play-v0`` (its env and
+    data type)."""
+    family = name.split("-")[0]
+    return (family in OGBENCH_MAZES and len(name.split("-")) >= 4) or (
+        family in MANIPULATION_FAMILIES and len(name.split("-")) >= 3)
 
 
 def check_ogbench_env(name: str, key: str = "env.env_name") -> None:

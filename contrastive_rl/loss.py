@@ -535,7 +535,7 @@ class ContrastiveLoss(LossModule):
             if goal_repr is None:
                 goal_repr = self.critic_network.encode_goal(goal)
             state_action_repr = self.critic_network.encode_state_action(observation, action, state)
-        q = self.paired(state_action_repr, goal_repr, detach=True).min(0).values
+        q = self.actor_q(state_action_repr, goal_repr)
         if ddpg_bc:
             loss_actor = -q.mean() / (q.abs().mean().detach() + _MIN_ABS_Q)
             if self.bc_coef:
@@ -547,6 +547,10 @@ class ContrastiveLoss(LossModule):
             loss_bc = self._bc_loss(dist, observation, state, data_action, own_goal, num_random)
             loss_actor = self.bc_coef * loss_bc + (1 - self.bc_coef) * loss_actor
         return loss_actor, log_prob
+
+    def actor_q(self, state_action_repr: torch.Tensor, goal_repr: torch.Tensor) -> torch.Tensor:
+        """``[B]``: the value the actor maximises at its actions, min over critics of f(s_i, a_i, g_i)."""
+        return self.paired(state_action_repr, goal_repr, detach=True).min(0).values
 
     def _bc_loss(self, dist, observation, state, data_action, own_goal, num_random) -> torch.Tensor:
         """-log pi(a_data | s, g) over the rows that kept their own goal (``dist`` is the policy at the
@@ -653,6 +657,7 @@ class TDInfoNCELoss(NextStateBootstrapLoss):
     ``(1 - gamma) CE(f_i with f_ii replaced by f(s_i, a_i, s'_i), i) + gamma CE(f_i, w_i)``:
     the next state is the positive of the first term; the second bootstraps with the soft labels
     ``w_ij = softmax_j min_k f_target_k(s'_i, a'_i, g_j)``, a'_i ~ pi(s'_i, g_i), all without gradient.
+    The actor scores its actions by the log-ratio of ``actor_q``.
 
     Args:
         gamma: discount of the bootstrap.
@@ -662,6 +667,13 @@ class TDInfoNCELoss(NextStateBootstrapLoss):
     def __init__(self, actor_network, critic_network, **kwargs) -> None:
         super().__init__(actor_network, critic_network, **kwargs)
         self.contrastive = "td_infonce"
+
+    def actor_q(self, state_action_repr: torch.Tensor, goal_repr: torch.Tensor) -> torch.Tensor:
+        """The log-ratio ``f_ii - logsumexp_j f_ij + log B`` over the actor's batch of goals (min over
+        critics of f), as TD InfoNCE's code scores actions: the row-wise softmax of the critic loss leaves
+        each f(s, a, .) an additive constant free, which the raw f_ii would let the actor chase."""
+        logits = self.pairwise(state_action_repr, goal_repr, detach=True).min(0).values
+        return logits.diagonal() - torch.logsumexp(logits, -1) + math.log(logits.shape[-1])
 
     def critic_loss(self, tensordict, logits, state_action_repr, goal_repr) -> torch.Tensor:
         goal = tensordict.get(self.tensor_keys.goal)

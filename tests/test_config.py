@@ -78,6 +78,7 @@ def test_missing_version_resolves_to_newest(make_cfg, caplog):
         ("loss.energy=cos", "loss.energy='cos' .* dot, scaled_dot, cosine, l2"),
         ("model.policy=beta", "model.policy='beta' .* tanh_normal, fixed_std_normal"),
         ("loss.bc_coef=1.5", r"loss.bc_coef=1.5 .* \[0, 1\]"),
+        ("loss.bc_coef=-1", r"loss.bc_coef=-1 .* >= 0"),
         ("loss.temperature=0", "loss.temperature=0 .* positive"),
         ("compile.compile_mode=fastest", "compile.compile_mode='fastest' .* reduce-overhead"),
         ("logger.video_every=-1", "logger.video_every=-1 .* integer >= 0"),

@@ -34,7 +34,7 @@ def critic_q(loss_module, observation, action, goal):
     return paired_energy(phi, psi, loss_module.energy).min(0).values
 
 
-@pytest.mark.parametrize("bc_coef", [0.0, 0.03])
+@pytest.mark.parametrize("bc_coef", [0.0, 0.03, 3.0])  # 3.0: OGBench's manipulation play datasets
 def test_ddpg_bc_actor_loss_equals_hand_computation(make_cfg, bc_coef):
     _, loss_module = make_loss(make_cfg, *DDPG_BC, "loss.energy=scaled_dot", f"loss.bc_coef={bc_coef}")
     batch = make_batch(16)
@@ -114,6 +114,12 @@ def test_gelu_activation_reaches_every_mlp(make_cfg):
     for network in (actor, critic):
         activations = [m for m in network.modules() if isinstance(m, (nn.ReLU, nn.GELU))]
         assert activations and all(isinstance(m, nn.GELU) for m in activations)
+
+
+def test_a_bc_weight_above_one_is_ddpg_bc_only(make_cfg):
+    validate_config(make_cfg(*DDPG_BC, "loss.bc_coef=3.0"))
+    with pytest.raises(ConfigError, match=r"^loss.bc_coef=3 is not allowed with loss.actor_loss=contrastive"):
+        validate_config(make_cfg("loss.bc_coef=3.0"))
 
 
 def test_ddpg_bc_with_an_entropy_term_is_refused(make_cfg):

@@ -167,6 +167,25 @@ def test_td_infonce_soft_labels_carry_no_gradient(make_cfg):
     assert all(p.grad is None for p in loss_module.actor_network_params.values(True, True))
 
 
+def test_td_infonce_actor_scores_the_log_ratio_which_ignores_a_constant_per_state_action(make_cfg):
+    """The actor's Q is f_ii - logsumexp_j f_ij + log B (min over critics), by hand; adding c_i to row i
+    of every critic, what TD InfoNCE's softmax over goals cannot see, leaves it unchanged."""
+    _, loss_module = make_state_goal_loss(make_cfg, "loss.contrastive=td_infonce", "loss.energy=dot",
+                                          "model.twin_critics=true")
+    torch.manual_seed(0)
+    phi, psi = torch.randn(2, 6, 8), torch.randn(2, 6, 8)
+    logits = (phi @ psi.transpose(-1, -2)).min(0).values
+    expected = torch.stack([logits[i, i] - torch.logsumexp(logits[i], 0) + math.log(6) for i in range(6)])
+    torch.testing.assert_close(loss_module.actor_q(phi, psi), expected)
+    # A constant c_i on row i of f: one more coordinate, c_i in phi and 1 in psi.
+    shift = torch.randn(6, 1) * 10
+    shifted_phi = torch.cat([phi, shift.expand(2, 6, 1)], -1)
+    shifted_psi = torch.cat([psi, torch.ones(2, 6, 1)], -1)
+    torch.testing.assert_close(loss_module.actor_q(shifted_phi, shifted_psi), expected, rtol=1e-4, atol=1e-4)
+    raw = (shifted_phi * shifted_psi).sum(-1).min(0).values
+    assert not torch.allclose(raw, (phi * psi).sum(-1).min(0).values, atol=1)
+
+
 # ====================================================================
 # TMD
 # ---

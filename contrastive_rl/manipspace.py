@@ -1,0 +1,248 @@
+"""OGBench's manipulation datasets (cube, scene, puzzle) regenerated with the scripted oracles that ship
+in the ogbench wheel, following OGBench's ``data_gen_scripts/generate_manipspace.py`` and ``commands.sh``.
+
+Each episode: the env made with ``terminate_at_goal=False, mode="data_collection"``, 1001 steps; ``play``
+datasets follow a ``PlanOracle`` (action noise 0.1, smoothing 0.5), ``noisy`` ones a ``MarkovOracle``
+(min norm 0.4, Gaussian noise of a per-episode scale xi ~ U(0, 0.1), times 1, 1, 1, 3, 10 per action
+dimension) with a uniform random action at probability 0.1 (0.2 on puzzle). Whenever the oracle is done,
+``set_new_target`` gives it a new task, with the env's cube-stacking probability. Scene episodes that
+push the cube out of sight are made again. A dataset is 1000 training episodes and a tenth as many
+validation ones, written as OGBench's loader reads them (``<name>.npz``, ``<name>-val.npz``: observations,
+actions, terminals, qpos, qvel, and button states where the env has buttons).
+
+Episodes are made in chunks, over processes; an episode's randomness depends on the seed and its own
+index alone, so the split over processes does not change the data, and a generation that was stopped
+continues from the chunks it had finished (kept under ``<name>.parts/``). ``episodes`` other than the
+recipe's writes ``<name>`` with an ``-<N>ep`` tag before its version (``cube-single-play-100ep-v0``).
+"""
+from __future__ import annotations
+
+import multiprocessing
+import re
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from contrastive_rl.config import ConfigError
+
+EPISODE_STEPS = 1001
+TRAINING_EPISODES = 1000
+MANIPULATION_ENVS = ("cube-single-v0", "cube-double-v0", "scene-v0", "puzzle-3x3-v0")
+MANIPULATION_DATASETS = tuple(
+    env.replace("-v0", f"-{kind}-v0") for env in MANIPULATION_ENVS for kind in ("play", "noisy"))
+MANIPULATION_FAMILIES = ("cube", "scene", "puzzle")
+PLAN_NOISE, PLAN_NOISE_SMOOTHING = 0.1, 0.5
+MARKOV_NOISE, MARKOV_MIN_NORM = 0.1, 0.4
+MARKOV_NOISE_SCALES = np.array([1, 1, 1, 3, 10])  # x, y, z, yaw, gripper
+SUBSET_TAG = re.compile(r"^\d+ep$")
+CHUNK_EPISODES = 5
+
+
+def subset_name(dataset_name: str, episodes: int) -> str:
+    """``cube-single-play-v0``, 100 -> ``cube-single-play-100ep-v0``: the name says it is not the full dataset."""
+    if episodes == TRAINING_EPISODES:
+        return dataset_name
+    parts = dataset_name.split("-")
+    return "-".join(parts[:-1] + [f"{episodes}ep", parts[-1]])
+
+
+def full_dataset_name(dataset_name: str) -> str:
+    """``cube-single-play-100ep-v0`` -> ``cube-single-play-v0``."""
+    return "-".join(part for part in dataset_name.split("-") if not SUBSET_TAG.match(part))
+
+
+def check_manipulation_dataset(dataset_name: str) -> None:
+    if full_dataset_name(dataset_name) not in MANIPULATION_DATASETS:
+        raise ConfigError(f"{dataset_name!r} is not a manipulation dataset this script regenerates: use one of "
+                          f"{', '.join(MANIPULATION_DATASETS)}")
+
+
+def manipulation_env_id(dataset_name: str) -> str:
+    """``cube-single-play-v0`` -> ``cube-single-v0``."""
+    parts = full_dataset_name(dataset_name).split("-")
+    return "-".join(parts[:-2] + parts[-1:])
+
+
+def stacking_probability(env_name: str) -> float:
+    """The chance that a new cube target is a stack, as OGBench's script draws it per episode."""
+    if "single" in env_name:
+        return 0.0
+    if "double" in env_name:
+        return float(np.random.uniform(0.0, 0.25))
+    return 0.5
+
+
+def make_oracles(env, env_name: str, oracle: str) -> dict:
+    """The oracle of each task kind of ``env``: ``plan`` (play datasets) or ``markov`` (noisy ones)."""
+    from ogbench.manipspace.oracles.markov.button_markov import ButtonMarkovOracle
+    from ogbench.manipspace.oracles.markov.cube_markov import CubeMarkovOracle
+    from ogbench.manipspace.oracles.markov.drawer_markov import DrawerMarkovOracle
+    from ogbench.manipspace.oracles.markov.window_markov import WindowMarkovOracle
+    from ogbench.manipspace.oracles.plan.button_plan import ButtonPlanOracle
+    from ogbench.manipspace.oracles.plan.cube_plan import CubePlanOracle
+    from ogbench.manipspace.oracles.plan.drawer_plan import DrawerPlanOracle
+    from ogbench.manipspace.oracles.plan.window_plan import WindowPlanOracle
+
+    if oracle == "markov":
+        kwargs = {"env": env, "min_norm": MARKOV_MIN_NORM}
+        if env_name.startswith("cube"):
+            return {"cube": CubeMarkovOracle(**kwargs)}
+        if env_name.startswith("scene"):
+            return {"cube": CubeMarkovOracle(**kwargs, max_step=100), "button": ButtonMarkovOracle(**kwargs),
+                    "drawer": DrawerMarkovOracle(**kwargs), "window": WindowMarkovOracle(**kwargs)}
+        return {"button": ButtonMarkovOracle(**kwargs, gripper_always_closed=True)}
+    kwargs = {"env": env, "noise": PLAN_NOISE, "noise_smoothing": PLAN_NOISE_SMOOTHING}
+    if env_name.startswith("cube"):
+        return {"cube": CubePlanOracle(**kwargs)}
+    if env_name.startswith("scene"):
+        return {"cube": CubePlanOracle(**kwargs), "button": ButtonPlanOracle(**kwargs),
+                "drawer": DrawerPlanOracle(**kwargs), "window": WindowPlanOracle(**kwargs)}
+    return {"button": ButtonPlanOracle(**kwargs, gripper_always_closed=True)}
+
+
+def random_action_probability(dataset_name: str) -> float:
+    if "-noisy-" not in dataset_name:
+        return 0.0
+    return 0.2 if dataset_name.startswith("puzzle") else 0.1
+
+
+def scene_episode_is_healthy(qpos: np.ndarray) -> bool:
+    """OGBench's check that the cube stays in view (or in the drawer) through a scene episode."""
+    block = qpos[:, 14:17]
+    too_far_right = (block[:, 1] >= 0.29).any()
+    too_far_left = ((block[:, 1] <= -0.3) & ((block[:, 2] < 0.06) | (block[:, 2] > 0.08))).any()
+    return not (too_far_right or too_far_left)
+
+
+def episode_seed(seed: int, episode: int, attempt: int) -> int:
+    return int(np.random.SeedSequence([seed, episode, attempt]).generate_state(1)[0])
+
+
+def generate_episode(env, oracles: dict, dataset_name: str, seed: int, episode: int) -> dict[str, np.ndarray]:
+    """Episode ``episode`` of the dataset: ``EPISODE_STEPS`` transitions, remade with a new random stream
+    while a scene episode is unhealthy."""
+    env_name = manipulation_env_id(dataset_name)
+    oracle_kind = "markov" if "-noisy-" in dataset_name else "plan"
+    p_random = random_action_probability(dataset_name)
+    has_buttons = hasattr(env.unwrapped, "_cur_button_states")
+    attempt = 0
+    while True:
+        stream = episode_seed(seed, episode, attempt)
+        np.random.seed(stream % 2**32)  # the oracles and OGBench's recipe draw from numpy's global generator
+        observation, info = env.reset(seed=stream % 2**31)
+        env.action_space.seed(stream % 2**31)
+        p_stack = stacking_probability(env_name)
+        noise_scale = np.random.uniform(0, MARKOV_NOISE) if oracle_kind == "markov" else 0.0
+        agent = oracles[info["privileged/target_task"]]
+        agent.reset(observation, info)
+        columns = {key: [] for key in ("observations", "actions", "terminals", "qpos", "qvel")}
+        if has_buttons:
+            columns["button_states"] = []
+        done = False
+        while not done:
+            if np.random.rand() < p_random:
+                action = env.action_space.sample()
+            else:
+                action = np.array(agent.select_action(observation, info))
+                if oracle_kind == "markov":
+                    action = action + np.random.normal(0, noise_scale * MARKOV_NOISE_SCALES, action.shape)
+            action = np.clip(action, -1, 1)
+            next_observation, _, terminated, truncated, info = env.step(action)
+            done = terminated or truncated
+            if agent.done:
+                agent_observation, agent_info = env.unwrapped.set_new_target(p_stack=p_stack)
+                agent = oracles[agent_info["privileged/target_task"]]
+                agent.reset(agent_observation, agent_info)
+            columns["observations"].append(observation)
+            columns["actions"].append(action)
+            columns["terminals"].append(done)
+            columns["qpos"].append(info["prev_qpos"])
+            columns["qvel"].append(info["prev_qvel"])
+            if has_buttons:
+                columns["button_states"].append(info["prev_button_states"])
+            observation = next_observation
+        if not env_name.startswith("scene") or scene_episode_is_healthy(np.asarray(columns["qpos"])):
+            return as_arrays(columns)
+        attempt += 1
+
+
+def as_arrays(columns: dict[str, list]) -> dict[str, np.ndarray]:
+    """OGBench's dtypes: bool terminals, int64 button states, float32 for the rest."""
+    dtypes = {"terminals": bool, "button_states": np.int64}
+    return {key: np.asarray(values, dtype=dtypes.get(key, np.float32)) for key, values in columns.items()}
+
+
+def make_env(dataset_name: str):
+    import gymnasium as gym
+    import ogbench.manipspace  # noqa: F401  (registers the envs)
+
+    return gym.make(manipulation_env_id(dataset_name), terminate_at_goal=False, mode="data_collection",
+                    max_episode_steps=EPISODE_STEPS)
+
+
+def write_chunk(dataset_name: str, seed: int, episodes: range, path: Path) -> int:
+    """Make ``episodes`` and save them to ``path`` (whole, or not at all); return the steps made."""
+    env = make_env(dataset_name)
+    oracles = make_oracles(env, manipulation_env_id(dataset_name), "markov" if "-noisy-" in dataset_name else "plan")
+    made = [generate_episode(env, oracles, dataset_name, seed, episode) for episode in episodes]
+    env.close()
+    chunk = {key: np.concatenate([episode[key] for episode in made]) for key in made[0]}
+    partial = path.with_name(path.name + ".tmp")
+    with open(partial, "wb") as file:
+        np.savez(file, **chunk)
+    partial.replace(path)
+    return len(chunk["terminals"])
+
+
+def _write_chunk_job(job: tuple) -> tuple[int, int]:
+    dataset_name, seed, episodes, path = job
+    return write_chunk(dataset_name, seed, episodes, path), len(episodes)
+
+
+def write_manipulation_dataset(dataset_name: str, root: Path, episodes: int | None = None, seed: int = 0,
+                               workers: int | None = None, progress: bool = False) -> dict[str, Path]:
+    """Write ``<name>.npz`` and ``<name>-val.npz`` under ``root`` (``<name>`` tagged with the episode count
+    when it is not the recipe's); return their paths. ``workers`` processes make the chunks (default: one
+    per core); chunks already under ``<name>.parts/`` from a stopped run are kept."""
+    from tqdm import tqdm
+
+    check_manipulation_dataset(dataset_name)
+    episodes = episodes or TRAINING_EPISODES
+    name = subset_name(full_dataset_name(dataset_name), episodes)
+    total = episodes + max(episodes // 10, 1)
+    parts = root / f"{name}.parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    chunks = [range(start, min(start + CHUNK_EPISODES, total)) for start in range(0, total, CHUNK_EPISODES)]
+    paths = [parts / f"seed{seed}_episodes{chunk.start:05d}-{chunk.stop - 1:05d}.npz" for chunk in chunks]
+    todo = [(chunk, path) for chunk, path in zip(chunks, paths) if not path.is_file()]
+    done_episodes = total - sum(len(chunk) for chunk, _ in todo)
+    bar = tqdm(total=total, initial=done_episodes, desc=name, unit="episodes", disable=not progress)
+    if done_episodes and progress:
+        bar.write(f"continuing {name}: {done_episodes} of {total} episodes made already ({parts})")
+    steps, start = 0, time.perf_counter()
+    workers = min(workers or multiprocessing.cpu_count(), max(len(todo), 1))
+    jobs = [(full_dataset_name(dataset_name), seed, chunk, path) for chunk, path in todo]
+    # Leaving the block, also on Ctrl-C, terminates the workers: a chunk cut short stays a .tmp file.
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        for chunk_steps, chunk_episodes in pool.imap_unordered(_write_chunk_job, jobs):
+            steps += chunk_steps
+            bar.update(chunk_episodes)
+            bar.set_postfix(steps_per_s=f"{steps / (time.perf_counter() - start):.0f}")
+    bar.close()
+    chunk_data = [dict(np.load(path)) for path in paths]
+    everything = {key: np.concatenate([chunk[key] for chunk in chunk_data]) for key in chunk_data[0]}
+    cut = episodes * EPISODE_STEPS  # training episodes first, then validation ones, as OGBench's script
+    written = {}
+    for kind, rows in (("train", slice(0, cut)), ("val", slice(cut, None))):
+        path = root / (f"{name}.npz" if kind == "train" else f"{name}-val.npz")
+        arrays = {key: value[rows] for key, value in everything.items()}
+        partial = path.with_name(path.name + ".tmp")
+        with open(partial, "wb") as file:
+            np.savez_compressed(file, **arrays)
+        partial.replace(path)
+        written[kind] = path
+    shutil.rmtree(parts)
+    return written
+
