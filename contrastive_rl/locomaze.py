@@ -20,7 +20,7 @@ import torch
 from tensordict import TensorDict
 
 from contrastive_rl.config import ConfigError
-from contrastive_rl.manipspace import MANIPULATION_FAMILIES, full_dataset_name
+from contrastive_rl.manipspace import MANIPULATION_FAMILIES, env_id
 
 OGBENCH_MAZES = ("pointmaze", "antmaze", "humanoidmaze")
 NUM_TASKS = 5  # evaluation tasks of every OGBench maze
@@ -37,13 +37,6 @@ REGENERABLE_DATASETS = {**NAVIGATE_DATASETS, **STITCH_DATASETS}
 ACTION_NOISE = 0.5
 STITCH_GOAL_CELLS = 4  # path length, in cells, from a stitch episode's start to its goal
 EXPERT_MAZES = ("antmaze", "humanoidmaze")
-
-
-def env_id(dataset_name: str) -> str:
-    """The env of a dataset: ``pointmaze-medium-navigate-v0`` -> ``pointmaze-medium-v0``,
-    ``cube-single-play-100ep-v0`` -> ``cube-single-v0``."""
-    parts = full_dataset_name(dataset_name).split("-")
-    return "-".join(parts[:-2] + parts[-1:])
 
 
 def is_ogbench_name(name: str) -> bool:

@@ -59,10 +59,16 @@ def check_manipulation_dataset(dataset_name: str) -> None:
                           f"{', '.join(MANIPULATION_DATASETS)}")
 
 
-def manipulation_env_id(dataset_name: str) -> str:
-    """``cube-single-play-v0`` -> ``cube-single-v0``."""
+def env_id(dataset_name: str) -> str:
+    """The env of any OGBench dataset, its name without the data type and the subset tag:
+    ``pointmaze-medium-navigate-v0`` -> ``pointmaze-medium-v0``, ``cube-single-play-100ep-v0`` -> ``cube-single-v0``."""
     parts = full_dataset_name(dataset_name).split("-")
     return "-".join(parts[:-2] + parts[-1:])
+
+
+def oracle_kind(dataset_name: str) -> str:
+    """``markov`` for the noisy datasets, ``plan`` for the play ones."""
+    return "markov" if "-noisy-" in dataset_name else "plan"
 
 
 def stacking_probability(env_name: str) -> float:
@@ -123,8 +129,8 @@ def episode_seed(seed: int, episode: int, attempt: int) -> int:
 def generate_episode(env, oracles: dict, dataset_name: str, seed: int, episode: int) -> dict[str, np.ndarray]:
     """Episode ``episode`` of the dataset: ``EPISODE_STEPS`` transitions, remade with a new random stream
     while a scene episode is unhealthy."""
-    env_name = manipulation_env_id(dataset_name)
-    oracle_kind = "markov" if "-noisy-" in dataset_name else "plan"
+    env_name = env_id(dataset_name)
+    kind = oracle_kind(dataset_name)
     p_random = random_action_probability(dataset_name)
     has_buttons = hasattr(env.unwrapped, "_cur_button_states")
     attempt = 0
@@ -134,7 +140,7 @@ def generate_episode(env, oracles: dict, dataset_name: str, seed: int, episode: 
         observation, info = env.reset(seed=stream % 2**31)
         env.action_space.seed(stream % 2**31)
         p_stack = stacking_probability(env_name)
-        noise_scale = np.random.uniform(0, MARKOV_NOISE) if oracle_kind == "markov" else 0.0
+        noise_scale = np.random.uniform(0, MARKOV_NOISE) if kind == "markov" else 0.0
         agent = oracles[info["privileged/target_task"]]
         agent.reset(observation, info)
         columns = {key: [] for key in ("observations", "actions", "terminals", "qpos", "qvel")}
@@ -146,7 +152,7 @@ def generate_episode(env, oracles: dict, dataset_name: str, seed: int, episode: 
                 action = env.action_space.sample()
             else:
                 action = np.array(agent.select_action(observation, info))
-                if oracle_kind == "markov":
+                if kind == "markov":
                     action = action + np.random.normal(0, noise_scale * MARKOV_NOISE_SCALES, action.shape)
             action = np.clip(action, -1, 1)
             next_observation, _, terminated, truncated, info = env.step(action)
@@ -178,22 +184,27 @@ def make_env(dataset_name: str):
     import gymnasium as gym
     import ogbench.manipspace  # noqa: F401  (registers the envs)
 
-    return gym.make(manipulation_env_id(dataset_name), terminate_at_goal=False, mode="data_collection",
+    return gym.make(env_id(dataset_name), terminate_at_goal=False, mode="data_collection",
                     max_episode_steps=EPISODE_STEPS)
 
 
 def write_chunk(dataset_name: str, seed: int, episodes: range, path: Path) -> int:
     """Make ``episodes`` and save them to ``path`` (whole, or not at all); return the steps made."""
     env = make_env(dataset_name)
-    oracles = make_oracles(env, manipulation_env_id(dataset_name), "markov" if "-noisy-" in dataset_name else "plan")
+    oracles = make_oracles(env, env_id(dataset_name), oracle_kind(dataset_name))
     made = [generate_episode(env, oracles, dataset_name, seed, episode) for episode in episodes]
     env.close()
     chunk = {key: np.concatenate([episode[key] for episode in made]) for key in made[0]}
+    save_whole(path, chunk, compressed=False)
+    return len(chunk["terminals"])
+
+
+def save_whole(path: Path, arrays: dict[str, np.ndarray], compressed: bool) -> None:
+    """Write ``arrays`` to the npz ``path`` through a ``.tmp`` beside it: a write cut short leaves no ``path``."""
     partial = path.with_name(path.name + ".tmp")
     with open(partial, "wb") as file:
-        np.savez(file, **chunk)
+        (np.savez_compressed if compressed else np.savez)(file, **arrays)
     partial.replace(path)
-    return len(chunk["terminals"])
 
 
 def _write_chunk_job(job: tuple) -> tuple[int, int]:
@@ -237,11 +248,7 @@ def write_manipulation_dataset(dataset_name: str, root: Path, episodes: int | No
     written = {}
     for kind, rows in (("train", slice(0, cut)), ("val", slice(cut, None))):
         path = root / (f"{name}.npz" if kind == "train" else f"{name}-val.npz")
-        arrays = {key: value[rows] for key, value in everything.items()}
-        partial = path.with_name(path.name + ".tmp")
-        with open(partial, "wb") as file:
-            np.savez_compressed(file, **arrays)
-        partial.replace(path)
+        save_whole(path, {key: value[rows] for key, value in everything.items()}, compressed=True)
         written[kind] = path
     shutil.rmtree(parts)
     return written
