@@ -11,10 +11,12 @@ DataCollector under ``--root`` (then train with ``offline.dataset=<id> offline.r
 
     python make_dataset.py --ogbench pointmaze-medium-navigate-v0     # or pointmaze-medium-stitch-v0
     python make_dataset.py --ogbench cube-single-play-v0 [--episodes 100] [--workers 2]
+    python make_dataset.py --ogbench visual-cube-single-play-v0 --episodes 25   # frames of 64 x 64 x 3
 
 regenerates one of OGBench's pointmaze navigate or stitch datasets (``contrastive_rl/locomaze.py``) or
 its manipulation datasets, cube, scene and puzzle, play and noisy (``contrastive_rl/manipspace.py``:
-made by the env's own oracles over ``--workers`` processes, continued where a stopped run left off),
+made by the env's own oracles over ``--workers`` processes, continued where a stopped run left off;
+their ``visual-`` versions rendered from the saved states the same way, ``--image-size`` frames),
 with a progress bar, as the ``.npz`` and ``-val.npz`` files that ogbench's loader reads, by default
 where it looks for them.
 """
@@ -34,13 +36,7 @@ import numpy as np
 from contrastive_rl.config import ConfigError
 from contrastive_rl.envs import SuccessInfoReader, check_goal_observation_space, resolve_env_name
 from contrastive_rl.locomaze import OGBENCH_ROOT, write_locomaze_dataset
-from contrastive_rl.manipspace import (
-    MANIPULATION_FAMILIES,
-    TRAINING_EPISODES,
-    full_dataset_name,
-    subset_name,
-    write_manipulation_dataset,
-)
+from contrastive_rl.manipspace import is_manipulation_name, parts_dir, state_dataset_name, write_manipulation_dataset
 from contrastive_rl.offline import _datasets_path
 from contrastive_rl.pixels import make_pixel_gym_env, supports_image_goals
 from contrastive_rl.scripted import make_controller
@@ -119,20 +115,22 @@ def make_dataset(
 
 
 def regenerate_ogbench(name: str, root: Path, episodes: int | None, steps: int | None, seed: int,
-                       workers: int | None) -> None:
+                       workers: int | None, image_size: int = 64) -> None:
     start = time.perf_counter()
     try:
-        if name.split("-")[0] in MANIPULATION_FAMILIES:
+        if is_manipulation_name(name):
             if steps is not None:
                 raise ConfigError(f"--max-steps={steps}: manipulation datasets keep OGBench's 1001 steps per episode")
             for stop in (signal.SIGINT, signal.SIGTERM):  # a kill stops as Ctrl-C does, also in a background job
                 signal.signal(stop, signal.default_int_handler)
             try:
                 paths = write_manipulation_dataset(name, root, episodes=episodes, seed=seed, workers=workers,
-                                                   progress=True)
+                                                   progress=True, image_size=image_size)
             except KeyboardInterrupt:
-                parts = root / f"{subset_name(full_dataset_name(name), episodes or TRAINING_EPISODES)}.parts"
-                sys.exit(f"\nstopped: the episodes made so far are kept under {parts}; the same command continues")
+                kept = [str(parts_dir(root, kind, episodes)) for kind in {name, state_dataset_name(name)}
+                        if parts_dir(root, kind, episodes).is_dir()]
+                sys.exit(f"\nstopped: the work done so far is kept under {' and '.join(sorted(kept))}; the same "
+                         "command continues")
         else:
             paths = write_locomaze_dataset(name, root, episodes=episodes, steps=steps, seed=seed, progress=True)
     except ConfigError as error:
@@ -146,8 +144,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ogbench", metavar="NAME", help="instead: regenerate OGBench's dataset NAME "
                         "(pointmaze-{medium,large,giant,teleport}-{navigate,stitch}-v0, "
-                        "{cube-single,cube-double,scene,puzzle-3x3}-{play,noisy}-v0; train and val npz) under --root "
-                        f"(default {OGBENCH_ROOT}) with its recipe")
+                        "[visual-]{cube-single,cube-double,scene,puzzle-3x3}-{play,noisy}-v0; train and val npz) "
+                        f"under --root (default {OGBENCH_ROOT}) with its recipe")
     parser.add_argument("--env", help="goal env id, e.g. PointMaze_UMaze-v3")
     parser.add_argument("--policy", choices=POLICIES, default="scripted")
     parser.add_argument("--episodes", type=int, default=None, help="default 100 (--ogbench: the recipe's)")
@@ -161,7 +159,8 @@ def main() -> None:
     parser.add_argument("--dataset-id", help="Minari id, namespace/name-vN")
     parser.add_argument("--root", type=Path, default=None, help="directory of Minari datasets (default datasets)")
     parser.add_argument("--from-pixels", action="store_true", help="also store rendered images (PointMaze)")
-    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--image-size", type=int, default=64,
+                        help="side of the images (--from-pixels, --ogbench visual-*), default 64")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=None,
                         help="--ogbench manipulation datasets: processes making episodes (default: one per core)")
@@ -174,7 +173,7 @@ def main() -> None:
         sys.exit("error: --random-prob must lie in [0, 1] and --noise must be >= 0")
     if args.ogbench:
         regenerate_ogbench(args.ogbench, (args.root or OGBENCH_ROOT).expanduser(), args.episodes, args.max_steps,
-                           args.seed, args.workers)
+                           args.seed, args.workers, args.image_size)
         return
     if not args.env or not args.dataset_id:
         sys.exit("error: --env and --dataset-id are required (or --ogbench NAME)")

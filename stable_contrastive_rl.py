@@ -14,6 +14,8 @@ from pathlib import Path
 import hydra
 import numpy as np
 import torch
+
+import contrastive_rl  # noqa: F401  (before torchrl, which imports MuJoCo: it picks MuJoCo's offscreen GL backend)
 from torchrl._utils import timeit
 from torchrl.record.loggers import generate_exp_name
 

@@ -18,6 +18,7 @@ from torchrl.objectives import SoftUpdate
 from torchrl.record import VideoRecorder
 from torchrl.record.loggers import get_logger
 
+from contrastive_rl.config import trains_online
 from contrastive_rl.distributed import gather_batch
 from contrastive_rl.envs import (
     EVAL_SEED_STREAM,
@@ -41,7 +42,7 @@ from contrastive_rl.models import (
     ogbench_init_,
 )
 from contrastive_rl.offline import split_into_columns
-from contrastive_rl.pixels import GOAL_PIXELS_KEY, PIXELS_KEY, PixelEncoder, RandomShiftCrop, SharedEncoderView
+from contrastive_rl.pixels import ENCODERS, GOAL_PIXELS_KEY, PIXELS_KEY, RandomShiftCrop, SharedEncoderView
 from contrastive_rl.replay import FutureGoalReplayBuffer
 from contrastive_rl.value_maps import ValueMaps
 from contrastive_rl.videos import VIDEO_KEY, Mp4CSVLogger, make_video_gym_env
@@ -132,8 +133,12 @@ def make_collector(cfg, train_env, actor, device, collected_frames: int = 0) -> 
 def make_replay_buffer(
     cfg, keys: DataKeys, device, offline_data: TensorDict | None = None
 ) -> FutureGoalReplayBuffer:
-    """The future-goal buffer, holding the offline dataset first if there is one (and grown to fit it)."""
-    capacity = cfg.buffer.size if offline_data is None else max(cfg.buffer.size, len(offline_data))
+    """The future-goal buffer, holding the offline dataset first if there is one: grown to fit it, and
+    sized to it when nothing is collected after."""
+    if offline_data is None:
+        capacity = cfg.buffer.size
+    else:
+        capacity = max(cfg.buffer.size, len(offline_data)) if trains_online(cfg) else len(offline_data)
     replay_buffer = FutureGoalReplayBuffer(
         capacity=capacity,
         num_envs=cfg.collector.num_envs,
@@ -173,11 +178,11 @@ def make_agent(cfg, env, keys: DataKeys, device) -> tuple[ProbabilisticActor, Co
     """The policy pi(a | s, g), tanh-Gaussian or fixed-std Gaussian, and the contrastive critic."""
     model = cfg.model
     if cfg.env.from_pixels:
-        critic_encoder = PixelEncoder(cfg.env.image_size, device=device)
+        critic_encoder = ENCODERS[model.encoder](cfg.env.image_size, device=device)
         if model.actor_shares_encoder:
             actor_encoder = SharedEncoderView(critic_encoder)
         else:
-            actor_encoder = PixelEncoder(cfg.env.image_size, device=device)
+            actor_encoder = ENCODERS[model.encoder](cfg.env.image_size, device=device)
         observation_dim = goal_dim = critic_encoder.out_features
         if keys.state is not None:
             state_dim = env.observation_spec[keys.state].shape[-1]

@@ -1,7 +1,10 @@
-"""OGBench pointmaze, offline, navigate and stitch: every preset beside OGBench's published success.
+"""OGBench offline, the pointmazes (navigate and stitch) and manipulation (cube, scene, puzzle, from states
+or pixels): every preset beside OGBench's published success.
 
     python benchmarks/ogbench.py                       # CPU scale: medium and large, navigate and stitch, 2 seeds
     python benchmarks/ogbench.py --recipes ogbench_crl ogbench_tmd --datasets pointmaze-medium-stitch-v0
+    python benchmarks/ogbench.py --suite manipulation  # cube-single-play and scene-play, from states
+    python benchmarks/ogbench.py --datasets visual-cube-single-play-10ep-v0 --recipes ogbench_crl --seeds 0
     python benchmarks/ogbench.py --scale paper --steps 1000000 --eval-interval 100000 --eval-episodes 50
 
 Regenerates the datasets that are missing under ``--root`` (make_dataset.py's recipe), trains every
@@ -10,10 +13,12 @@ seed, so that a matrix cut short has every recipe on every dataset once), keeps 
 figures under ``--runs`` (a run already there with the same settings is not trained again, so a
 stopped benchmark continues where it was), prints the
 overall and per-task success (OGBench's 5 evaluation tasks) per seed and step with the wall-clock and
-updates/s, beside OGBench's published CRL, QRL and HIQL (8 seeds, 1M gradient steps, 5 x 50 episodes),
+updates/s, beside OGBench's published success (8 seeds, 1M gradient steps, 5 x 50 episodes),
 and saves a PNG of the curves and, with ``--value-maps``, each run's final value map per task
 (``logger.value_maps``). ``--scale cpu`` narrows every recipe (2 x 256 units, latent 64, batch 256: the
 size OGBench's JAX CRL was run beside) to what a CPU trains in minutes; ``paper`` keeps each recipe's own.
+A dataset name with an episode tag (``visual-cube-single-play-10ep-v0``) trains on that smaller file
+of the same env; every run evaluates with OGBench's episode length of its env.
 """
 from __future__ import annotations
 
@@ -37,15 +42,35 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.learning_curve import read_scalar  # noqa: E402
-from contrastive_rl.locomaze import NUM_TASKS, OGBENCH_ROOT, REGENERABLE_DATASETS, write_locomaze_dataset  # noqa: E402
+from contrastive_rl.locomaze import (  # noqa: E402
+    NUM_TASKS,
+    OGBENCH_ROOT,
+    REGENERABLE_DATASETS,
+    episode_steps,
+    write_locomaze_dataset,
+)
+from contrastive_rl.manipspace import (  # noqa: E402
+    full_dataset_name,
+    is_manipulation_name,
+    is_visual,
+    subset_episodes,
+    write_manipulation_dataset,
+)
 
-# Hydra config and overrides of each recipe; the dataset and the time limit come from the dataset's name.
+# Hydra config of each recipe; the dataset and the episode length come from the dataset's name.
 RECIPES = {
-    "ogbench_crl": ("config_ogbench_crl", []),
-    "ogbench_td_infonce": ("config_ogbench_td_infonce", []),
-    "ogbench_tmd": ("config_ogbench_tmd", []),
-    # The released stable-CRL code's recipe, with OGBench's episode length.
-    "stable_crl": ("config_stable_crl", ["env.max_steps=1000"]),
+    "ogbench_crl": "config_ogbench_crl",
+    "ogbench_td_infonce": "config_ogbench_td_infonce",
+    "ogbench_tmd": "config_ogbench_tmd",
+    "stable_crl": "config_stable_crl",  # the released stable-CRL code's recipe
+}
+# OGBench's CRL on manipulation (BC weight 3.0 on the play datasets), and from pixels.
+MANIPULATION_RECIPES = {"ogbench_crl": "config_ogbench_crl_manipulation"}
+VISUAL_RECIPES = {"ogbench_crl": "config_ogbench_crl_visual"}
+SUITES = {
+    "pointmaze": ["pointmaze-medium-navigate-v0", "pointmaze-large-navigate-v0", "pointmaze-medium-stitch-v0",
+                  "pointmaze-large-stitch-v0"],
+    "manipulation": ["cube-single-play-v0", "scene-play-v0"],
 }
 # OGBench's CRL settings on stitch datasets (impls/hyperparameters.sh): half the actor's goals random;
 # on the giant mazes, a discount of 0.995.
@@ -53,21 +78,39 @@ STITCH_OVERRIDES = ["loss.random_goal_fraction=0.5"]
 GIANT_OVERRIDES = ["loss.gamma=0.995"]
 SCALES = {"paper": [], "cpu": ["model.hidden_dim=256", "model.num_layers=2", "model.embed_dim=64",
                                "buffer.batch_size=256"]}
-# OGBench paper (Park et al., ICLR 2025), Table 2, state-based pointmaze: success in % (8 seeds, 1M steps).
+# OGBench paper (Park et al., ICLR 2025), Table 2: success in % (8 seeds, 1M steps; pixels 4 seeds, 500k
+# steps); MQE (arXiv 2511.07730) where it reports the dataset.
 PUBLISHED = {
+    "cube-single-play-v0": {"CRL": 19, "GCIQL": 68, "GCIVL": 53, "HIQL": 15},
+    "scene-play-v0": {"CRL": 19, "GCIQL": 51, "HIQL": 38, "MQE": 83},
+    "visual-cube-single-play-v0": {"CRL": 31, "GCIQL": 30, "GCIVL": 60, "HIQL": 89},
     "pointmaze-medium-navigate-v0": {"CRL": 29, "QRL": 82, "HIQL": 79},
     "pointmaze-large-navigate-v0": {"CRL": 39, "QRL": 86, "HIQL": 58},
     "pointmaze-giant-navigate-v0": {"CRL": 27, "QRL": 68, "HIQL": 46, "MQE": 73},
     "pointmaze-medium-stitch-v0": {"CRL": 0, "QRL": 80, "HIQL": 74},
     "pointmaze-large-stitch-v0": {"CRL": 0, "QRL": 84, "HIQL": 13},
 }
-PUBLISHED_STYLES = {"CRL": "--", "QRL": ":", "HIQL": "-.", "MQE": (0, (1, 3))}
+PUBLISHED_STYLES = {"CRL": "--", "QRL": ":", "HIQL": "-.", "MQE": (0, (1, 3)), "GCIQL": (0, (5, 1)),
+                    "GCIVL": (0, (3, 1, 1, 1))}
 
 
 def ensure_dataset(name: str, root: Path) -> None:
-    if name in REGENERABLE_DATASETS and not (root / f"{name}.npz").exists():
+    if (root / f"{name}.npz").exists():
+        return
+    if name in REGENERABLE_DATASETS:
         print(f"regenerating {name} under {root}", flush=True)
         write_locomaze_dataset(name, root)
+    elif is_manipulation_name(name):
+        print(f"regenerating {name} under {root}", flush=True)
+        write_manipulation_dataset(full_dataset_name(name), root, episodes=subset_episodes(name), progress=True)
+
+
+def recipe_config(recipe: str, name: str) -> str:
+    if is_visual(name):
+        if recipe not in VISUAL_RECIPES:
+            raise SystemExit(f"error: --recipes {recipe} has no pixel version: use {', '.join(VISUAL_RECIPES)}")
+        return VISUAL_RECIPES[recipe]
+    return MANIPULATION_RECIPES.get(recipe, RECIPES[recipe]) if is_manipulation_name(name) else RECIPES[recipe]
 
 
 def run_settings(recipe: str, name: str, seed: int, args) -> dict:
@@ -96,7 +139,7 @@ def kept_run(recipe: str, name: str, seed: int, args, threads: int, tmp: Path) -
 
 def train(recipe: str, name: str, seed: int, args, run_dir: Path, threads: int) -> dict:
     """One offline run; its per-task and overall success, wall-clock and updates/s by gradient step."""
-    config, overrides = RECIPES[recipe]
+    config, overrides = recipe_config(recipe, name), [f"env.max_steps={episode_steps(name)}"]
     if "-stitch-" in name:
         overrides = [*overrides, *STITCH_OVERRIDES]
     if "-giant-" in name:
@@ -105,7 +148,8 @@ def train(recipe: str, name: str, seed: int, args, run_dir: Path, threads: int) 
         overrides = [*overrides, "logger.value_maps=true"]
     command = [
         sys.executable, str(ROOT / "stable_contrastive_rl.py"), "--config-name", config,
-        f"env.env_name={name}", f"env.seed={seed}", f"offline.dataset=ogbench:{name}", f"offline.root={args.root}",
+        f"env.env_name={full_dataset_name(name)}", f"env.seed={seed}", f"offline.dataset=ogbench:{name}",
+        f"offline.root={args.root}",
         f"offline.gradient_steps={args.steps}", f"offline.eval_interval={args.eval_interval}",
         f"logger.num_eval_episodes={args.eval_episodes}", "logger.backend=csv", f"hydra.run.dir={run_dir}",
         *overrides, *SCALES[args.scale], *args.overrides,
@@ -155,7 +199,7 @@ def report(results: dict, args) -> None:
     print(f"OGBench offline, {args.scale} scale, {args.eval_episodes} episodes per task, {os.cpu_count()} CPU cores; "
           "success in % (overall = mean of the 5 tasks)")
     for name in args.datasets:
-        published = PUBLISHED.get(name, {})
+        published = PUBLISHED.get(full_dataset_name(name), {})
         print(f"\n{name}: published (1M steps, 8 seeds) " + ", ".join(f"{k} {v}" for k, v in published.items()))
         for recipe in args.recipes:
             runs = results[recipe][name]
@@ -183,7 +227,7 @@ def plot(results: dict, args) -> None:
                 axis.plot(steps, [100 * run["overall"][s] for s in steps], color=color, alpha=0.3, linewidth=1)
             axis.plot(steps, [mean(100 * run["overall"][s] for run in runs.values()) for s in steps], color=color,
                       marker="o", label=f"{recipe} (mean of {len(runs)} seeds)")
-        for method, value in PUBLISHED.get(name, {}).items():
+        for method, value in PUBLISHED.get(full_dataset_name(name), {}).items():
             axis.axhline(value, color="gray", linestyle=PUBLISHED_STYLES[method], linewidth=1,
                          label=f"published {method} (1M steps)")
         axis.set_title(name, fontsize=10)
@@ -201,9 +245,8 @@ def plot(results: dict, args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+",
-                        default=["pointmaze-medium-navigate-v0", "pointmaze-large-navigate-v0",
-                                 "pointmaze-medium-stitch-v0", "pointmaze-large-stitch-v0"])
+    parser.add_argument("--suite", choices=list(SUITES), default="pointmaze", help="the datasets, unless --datasets")
+    parser.add_argument("--datasets", nargs="+", help="OGBench dataset names (default: the suite's)")
     parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--scale", choices=list(SCALES), default="cpu")
@@ -212,7 +255,7 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=10, help="per task (OGBench: 50)")
     parser.add_argument("--root", type=Path, default=OGBENCH_ROOT.expanduser(), help="datasets directory")
     parser.add_argument("--parallel", type=int, default=2, help="runs trained at once")
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "ogbench_pointmaze.png")
+    parser.add_argument("--output", type=Path, help="the PNG of the curves (default: results/ogbench_<suite>.png)")
     parser.add_argument("--save", type=Path, help="also write every figure as JSON")
     parser.add_argument("--runs", type=Path, default=ROOT / "benchmarks" / "results" / "ogbench_runs",
                         help="where each finished run's figures are kept, and found again")
@@ -220,7 +263,10 @@ def main() -> None:
                         help="save each run's value maps of its last evaluation beside --output")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run, after --")
     args = parser.parse_args()
-
+    args.datasets = args.datasets or SUITES[args.suite]
+    args.output = args.output or ROOT / "benchmarks" / "results" / f"ogbench_{args.suite}.png"
+    for recipe, name in itertools.product(args.recipes, args.datasets):
+        recipe_config(recipe, name)
     for name in args.datasets:
         ensure_dataset(name, args.root)
     results = run_all(args)

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from contrastive_rl.loss import ACTOR_LOSSES, CONTRASTIVE_LOSSES, ENERGIES, QUASIMETRIC_ENERGIES
 from contrastive_rl.models import ACTIVATIONS, INITS, POLICIES, POLICY_MEANS
 from contrastive_rl.nonfinite import ON_NONFINITE
+from contrastive_rl.pixels import ENCODERS
 from contrastive_rl.replay import GOAL_OFFSETS
 from contrastive_rl.update import AUTOCAST_DTYPES
 
@@ -25,6 +26,18 @@ MAX_SEED = 2**32 - 1  # numpy's global seed is 32 bits
 
 class ConfigError(ValueError):
     """A configuration value that cannot work; the message names the key, the value and what is allowed."""
+
+
+def ogbench_episode_steps(env_name: str) -> int | None:
+    """``${ogbench_episode_steps:${env.env_name}}`` in a preset: the episode length OGBench evaluates
+    that env with (None for an env OGBench does not have, which the check of env.max_steps then names)."""
+    from contrastive_rl.locomaze import episode_steps
+
+    return episode_steps(env_name)
+
+
+# Registered on import, before Hydra composes any config that names it.
+OmegaConf.register_new_resolver("ogbench_episode_steps", ogbench_episode_steps, replace=True)
 
 
 def _number(value: float) -> str:
@@ -115,6 +128,7 @@ RULES = {
     "model.activation": Rule("choice", choices=tuple(ACTIVATIONS)),
     "model.twin_critics": BOOLEAN,
     "model.actor_shares_encoder": BOOLEAN,
+    "model.encoder": Rule("choice", choices=tuple(ENCODERS)),
     "model.policy": Rule("choice", choices=POLICIES),
     "model.policy_std": POSITIVE,
     "model.policy_mean": Rule("choice", choices=POLICY_MEANS),

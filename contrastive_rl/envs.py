@@ -19,7 +19,8 @@ from torchrl.envs.gym_like import BaseInfoDictReader
 from torchrl.envs.libs.gym import GymEnv, GymWrapper
 
 from contrastive_rl.config import ConfigError
-from contrastive_rl.locomaze import check_ogbench_env, is_ogbench_name, make_ogbench_env
+from contrastive_rl.locomaze import check_ogbench_env, image_kwargs, is_ogbench_name, make_ogbench_env
+from contrastive_rl.manipspace import VISUAL_PREFIX
 from contrastive_rl.pixels import (
     GOAL_PIXELS_KEY,
     PIXELS_KEY,
@@ -110,10 +111,7 @@ def resolve_goal_env(cfg) -> str:
     asks for them, image goals and offscreen rendering. Raises ConfigError naming the key."""
     if is_ogbench_name(cfg.env.env_name):
         check_ogbench_env(cfg.env.env_name)
-        for key in ("env.from_pixels", "logger.video_every"):
-            if OmegaConf.select(cfg, key):
-                raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} is not allowed with an OGBench env yet: "
-                                  "images and videos are for the gymnasium-robotics envs")
+        check_ogbench_pixels(cfg)
         if cfg.logger.value_maps and not supports_value_maps(cfg.env.env_name):
             raise ConfigError(f"logger.value_maps=true is not allowed with env.env_name={cfg.env.env_name!r}: value "
                               "maps need states that are maze positions (OGBench's pointmaze datasets)")
@@ -134,10 +132,7 @@ def resolve_goal_env(cfg) -> str:
                 f"env.from_pixels=true is not allowed with env.env_name={env_name!r}: image goals are "
                 "rendered for PointMaze_* envs only"
             )
-        if not isinstance(cfg.env.image_size, int) or cfg.env.image_size < 36:
-            raise ConfigError(
-                f"env.image_size={cfg.env.image_size!r} is not allowed: the encoder needs at least 36 pixels"
-            )
+        check_image_size(cfg)
     rendering_keys = [key for key in ("env.from_pixels", "logger.video_every") if OmegaConf.select(cfg, key)]
     error = rendering_error(env_name) if rendering_keys else ""  # one probe: it opens a GL context
     if error:
@@ -147,6 +142,28 @@ def resolve_goal_env(cfg) -> str:
             f"({error}); see the README's Images section"
         )
     return env_name
+
+
+def check_ogbench_pixels(cfg) -> None:
+    """OGBench's ``visual-`` envs observe frames alone, its other envs states alone: ``env.from_pixels``
+    follows the dataset's name."""
+    name, visual = cfg.env.env_name, cfg.env.env_name.startswith(VISUAL_PREFIX)
+    if cfg.env.from_pixels != visual:
+        hint = f"drop the prefix {VISUAL_PREFIX!r} to train from states" if visual else \
+            f"train from pixels on {VISUAL_PREFIX}{name}"
+        raise ConfigError(f"env.from_pixels={cfg.env.from_pixels} is not allowed with env.env_name={name!r}: "
+                          f"{'its observations are frames' if visual else 'its observations are states'} ({hint}, "
+                          f"or set env.from_pixels={str(visual).lower()})")
+    if visual and cfg.env.pixels_with_state:
+        raise ConfigError(f"env.pixels_with_state=true is not allowed with env.env_name={name!r}: OGBench's visual "
+                          "envs observe frames alone")
+    if visual:
+        check_image_size(cfg)
+
+
+def check_image_size(cfg) -> None:
+    if not isinstance(cfg.env.image_size, int) or cfg.env.image_size < 36:
+        raise ConfigError(f"env.image_size={cfg.env.image_size!r} is not allowed: the encoder needs at least 36 pixels")
 
 
 def check_goals_are_states(cfg, env_name: str, observation_space) -> None:
@@ -219,7 +236,7 @@ def gym_env_factory(
     """A function making one gymnasium env: the goal env, or its image version (``from_pixels``); for
     an OGBench env, the evaluation task ``task_id`` if given."""
     if is_ogbench_name(env_name):
-        return functools.partial(make_ogbench_env, env_name, max_steps, task_id)
+        return functools.partial(make_ogbench_env, env_name, max_steps, task_id, **image_kwargs(env_name, image_size))
     if from_pixels:
         return functools.partial(make_pixel_gym_env, env_name, max_steps, image_size)
     return functools.partial(gym.make, env_name, max_episode_steps=max_steps)

@@ -15,8 +15,9 @@ log = logging.getLogger(__name__)
 
 
 def episode_metrics(rollout: TensorDict) -> dict[str, float]:
-    """Success at the last step and anywhere, final goal distance and return of the FIRST episode of
-    each env in a ``[num_envs, time]`` rollout."""
+    """Success at the last step and anywhere, final goal distance (where the env has goal states: not
+    OGBench's image-only envs) and return of the FIRST episode of each env in a ``[num_envs, time]``
+    rollout."""
     done = rollout["next", "done"].squeeze(-1)
     done[:, -1] = True
     last = done.int().argmax(-1)
@@ -24,14 +25,15 @@ def episode_metrics(rollout: TensorDict) -> dict[str, float]:
     rows = torch.arange(done.shape[0], device=done.device)
     final = rollout["next"][rows, last]
     success = rollout["next", "success"].squeeze(-1)
-    distance = (final["achieved_goal"] - final["desired_goal"]).norm(dim=-1)
-    return {
+    metrics = {
         "success_final": final["success"].float().mean().item(),
         "success_any": (success & in_episode).any(-1).float().mean().item(),
-        "final_goal_distance": distance.mean().item(),
         "return": final["episode_reward"].mean().item(),
         "episode_length": (last + 1).float().mean().item(),
     }
+    if "achieved_goal" in final.keys():
+        metrics["final_goal_distance"] = (final["achieved_goal"] - final["desired_goal"]).norm(dim=-1).mean().item()
+    return metrics
 
 
 @torch.no_grad()

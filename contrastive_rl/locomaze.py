@@ -20,7 +20,8 @@ import torch
 from tensordict import TensorDict
 
 from contrastive_rl.config import ConfigError
-from contrastive_rl.manipspace import MANIPULATION_FAMILIES, env_id
+from contrastive_rl.manipspace import env_id, is_manipulation_name, is_visual
+from contrastive_rl.pixels import GOAL_PIXELS_KEY, PIXELS_KEY
 
 OGBENCH_MAZES = ("pointmaze", "antmaze", "humanoidmaze")
 NUM_TASKS = 5  # evaluation tasks of every OGBench maze
@@ -42,9 +43,8 @@ EXPERT_MAZES = ("antmaze", "humanoidmaze")
 def is_ogbench_name(name: str) -> bool:
     """An OGBench dataset name such as ``pointmaze-medium-navigate-v0`` or ``scene-play-v0`` (its env and
     data type)."""
-    family = name.split("-")[0]
-    return (family in OGBENCH_MAZES and len(name.split("-")) >= 4) or (
-        family in MANIPULATION_FAMILIES and len(name.split("-")) >= 3)
+    return (name.split("-")[0] in OGBENCH_MAZES and len(name.split("-")) >= 4) or (
+        is_manipulation_name(name) and len(name.split("-")) >= 3)
 
 
 def check_ogbench_env(name: str, key: str = "env.env_name") -> None:
@@ -58,14 +58,20 @@ def check_ogbench_env(name: str, key: str = "env.env_name") -> None:
 
 
 class OGBenchGoalEnv(gym.Wrapper):
-    """An OGBench maze as a goal env: Dict observations whose goal entries are full observations, the
+    """An OGBench env as a goal env: Dict observations whose goal entries are full observations, the
     goal representation of OGBench's agents; ``desired_goal`` is the ``info["goal"]`` of the last
-    reset. With ``task_id``, every reset starts that evaluation task (its start and goal)."""
+    reset. An image env (OGBench's ``visual-`` ones) gives its frame and its goal frame as ``pixels``
+    and ``goal_pixels``, the keys of the project's image envs. With ``task_id``, every reset starts that
+    evaluation task (its start and goal)."""
 
     def __init__(self, env: gym.Env, task_id: int | None = None) -> None:
         super().__init__(env)
         space = env.observation_space
-        self.observation_space = gym.spaces.Dict(observation=space, achieved_goal=space, desired_goal=space)
+        self.from_pixels = is_image_space(space)
+        if self.from_pixels:
+            self.observation_space = gym.spaces.Dict({PIXELS_KEY: space, GOAL_PIXELS_KEY: space})
+        else:
+            self.observation_space = gym.spaces.Dict(observation=space, achieved_goal=space, desired_goal=space)
         self.task_id = task_id
         self.goal = None
 
@@ -81,20 +87,42 @@ class OGBenchGoalEnv(gym.Wrapper):
         return self._with_goals(observation), reward, terminated, truncated, info
 
     def _with_goals(self, observation: np.ndarray) -> dict[str, np.ndarray]:
+        if self.from_pixels:
+            return {PIXELS_KEY: observation, GOAL_PIXELS_KEY: self.goal}
         return {"observation": observation, "achieved_goal": observation, "desired_goal": self.goal}
 
 
-def make_ogbench_env(name: str, max_steps: int, task_id: int | None = None) -> OGBenchGoalEnv:
+def is_image_space(space: gym.Space) -> bool:
+    return space.dtype == np.uint8 and len(space.shape) == 3
+
+
+def make_ogbench_env(name: str, max_steps: int, task_id: int | None = None, **make_kwargs) -> OGBenchGoalEnv:
+    """The env of the OGBench dataset ``name``; ``make_kwargs`` go to its constructor (OGBench's ``visual-``
+    envs take the frame's ``width`` and ``height``)."""
     import ogbench  # noqa: F401  (registers the envs)
 
-    return OGBenchGoalEnv(gym.make(env_id(name), max_episode_steps=max_steps), task_id)
+    return OGBenchGoalEnv(gym.make(env_id(name), max_episode_steps=max_steps, **make_kwargs), task_id)
 
 
-def load_ogbench_transitions(dataset_name: str, root: Path, *, observation_dim: int, action_dim: int) -> TensorDict:
+def image_kwargs(name: str, image_size: int) -> dict:
+    """The frame size of an OGBench ``visual-`` env's constructor; nothing for a state env."""
+    return {"width": image_size, "height": image_size} if is_visual(name) else {}
+
+
+def episode_steps(name: str) -> int | None:
+    """The episode length OGBench evaluates the dataset ``name``'s env with (its registered time limit:
+    200 steps on cube-single, 750 on scene, 1000 on the pointmazes); None if OGBench has no such env."""
+    import ogbench  # noqa: F401  (registers the envs)
+
+    spec = gym.registry.get(env_id(name))
+    return spec.max_episode_steps if spec is not None else None
+
+
+def load_ogbench_transitions(dataset_name: str, root: Path, *, observation_shape: tuple, action_dim: int) -> TensorDict:
     """The transitions of OGBench's ``<root>/<dataset_name>.npz``, read by ogbench's own loader (which
     downloads a missing file where the internet can be reached), as a ``[N]`` TensorDict with the keys
-    the replay buffer stores: the goal entries are full observations, ``("next", "done")`` ends each
-    episode (OGBench's ``terminals``)."""
+    the replay buffer stores: the goal entries are full observations (frames, uint8, under ``pixels``
+    for a ``visual-`` dataset), ``("next", "done")`` ends each episode (OGBench's ``terminals``)."""
     import ogbench
 
     key = f"offline.dataset='{OGBENCH_DATASET_PREFIX}{dataset_name}'"
@@ -108,23 +136,32 @@ def load_ogbench_transitions(dataset_name: str, root: Path, *, observation_dim: 
                 f"it with python make_dataset.py --ogbench {dataset_name} --root {root}"
             ) from None
     try:
-        data = ogbench.utils.load_dataset(str(path), compact_dataset=False)
-    except Exception as error:  # not an npz, missing arrays, ...
+        frames = len(observation_shape) == 3
+        data = ogbench.utils.load_dataset(str(path), ob_dtype=np.uint8 if frames else np.float32, compact_dataset=False)
+    except Exception as error:  # not an npz, missing arrays, cut short, ...
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(f"{key} could not be read as an OGBench dataset ({path}): {reason}") from None
-    shapes = {"observation": (data["observations"].shape[-1], observation_dim),
-              "action": (data["actions"].shape[-1], action_dim)}
-    for name, (found, expected) in shapes.items():
-        if found != expected:
-            raise ConfigError(f"{key} does not match the env: its {name} has {found} dimensions, the env's has "
-                              f"{expected}")
+    found = tuple(data["observations"].shape[1:])
+    if found != tuple(observation_shape) and frames:
+        raise ConfigError(f"{key} does not match the env: its frames are {' x '.join(map(str, found))}, the env's "
+                          f"are {' x '.join(map(str, observation_shape))}; render it at this size with python "
+                          f"make_dataset.py --ogbench {dataset_name} --image-size {observation_shape[0]}")
+    if found != tuple(observation_shape):
+        raise ConfigError(f"{key} does not match the env: its observation has {found[-1] if found else 0} "
+                          f"dimensions, the env's has {observation_shape[-1]}")
+    if data["actions"].shape[-1] != action_dim:
+        raise ConfigError(f"{key} does not match the env: its action has {data['actions'].shape[-1]} dimensions, "
+                          f"the env's has {action_dim}")
     observations = torch.as_tensor(data["observations"])
     next_observations = torch.as_tensor(data["next_observations"])
+    done = torch.as_tensor(data["terminals"] > 0).unsqueeze(-1)
+    if frames:
+        return TensorDict({PIXELS_KEY: observations, "action": torch.as_tensor(data["actions"]),
+                           "next": {PIXELS_KEY: next_observations, "done": done}}, batch_size=[len(observations)])
     return TensorDict({
         "observation": observations,
         "action": torch.as_tensor(data["actions"]),
-        "next": {"observation": next_observations, "achieved_goal": next_observations,
-                 "done": torch.as_tensor(data["terminals"] > 0).unsqueeze(-1)},
+        "next": {"observation": next_observations, "achieved_goal": next_observations, "done": done},
     }, batch_size=[len(observations)])
 
 

@@ -14,6 +14,10 @@ Episodes are made in chunks, over processes; an episode's randomness depends on 
 index alone, so the split over processes does not change the data, and a generation that was stopped
 continues from the chunks it had finished (kept under ``<name>.parts/``). ``episodes`` other than the
 recipe's writes ``<name>`` with an ``-<N>ep`` tag before its version (``cube-single-play-100ep-v0``).
+
+A ``visual-`` dataset is its state dataset (made first where missing) with each observation replaced
+by the 64 x 64 x 3 uint8 frame that OGBench's ``visual-`` env renders at that step's saved state, the
+frames rendered in chunks over processes, stopped and continued the same way.
 """
 from __future__ import annotations
 
@@ -32,12 +36,15 @@ TRAINING_EPISODES = 1000
 MANIPULATION_ENVS = ("cube-single-v0", "cube-double-v0", "scene-v0", "puzzle-3x3-v0")
 MANIPULATION_DATASETS = tuple(
     env.replace("-v0", f"-{kind}-v0") for env in MANIPULATION_ENVS for kind in ("play", "noisy"))
+VISUAL_PREFIX = "visual-"
+VISUAL_DATASETS = tuple(VISUAL_PREFIX + name for name in MANIPULATION_DATASETS)
 MANIPULATION_FAMILIES = ("cube", "scene", "puzzle")
 PLAN_NOISE, PLAN_NOISE_SMOOTHING = 0.1, 0.5
 MARKOV_NOISE, MARKOV_MIN_NORM = 0.1, 0.4
 MARKOV_NOISE_SCALES = np.array([1, 1, 1, 3, 10])  # x, y, z, yaw, gripper
 SUBSET_TAG = re.compile(r"^\d+ep$")
 CHUNK_EPISODES = 5
+RENDER_CHUNK_ROWS = 2002
 
 
 def subset_name(dataset_name: str, episodes: int) -> str:
@@ -48,15 +55,35 @@ def subset_name(dataset_name: str, episodes: int) -> str:
     return "-".join(parts[:-1] + [f"{episodes}ep", parts[-1]])
 
 
+def subset_episodes(dataset_name: str) -> int | None:
+    """``cube-single-play-100ep-v0`` -> 100; None for a full dataset's name."""
+    tags = [part for part in dataset_name.split("-") if SUBSET_TAG.match(part)]
+    return int(tags[0][:-2]) if tags else None
+
+
 def full_dataset_name(dataset_name: str) -> str:
     """``cube-single-play-100ep-v0`` -> ``cube-single-play-v0``."""
     return "-".join(part for part in dataset_name.split("-") if not SUBSET_TAG.match(part))
 
 
+def is_visual(dataset_name: str) -> bool:
+    return dataset_name.startswith(VISUAL_PREFIX)
+
+
+def state_dataset_name(dataset_name: str) -> str:
+    """``visual-cube-single-play-v0`` -> ``cube-single-play-v0``: the trajectories its frames are rendered from."""
+    return dataset_name.removeprefix(VISUAL_PREFIX)
+
+
+def is_manipulation_name(name: str) -> bool:
+    """A cube, scene or puzzle name, from states or pixels (``visual-``)."""
+    return state_dataset_name(name).split("-")[0] in MANIPULATION_FAMILIES
+
+
 def check_manipulation_dataset(dataset_name: str) -> None:
-    if full_dataset_name(dataset_name) not in MANIPULATION_DATASETS:
+    if full_dataset_name(dataset_name) not in MANIPULATION_DATASETS + VISUAL_DATASETS:
         raise ConfigError(f"{dataset_name!r} is not a manipulation dataset this script regenerates: use one of "
-                          f"{', '.join(MANIPULATION_DATASETS)}")
+                          f"{', '.join(MANIPULATION_DATASETS)}, or one of them with the prefix {VISUAL_PREFIX!r}")
 
 
 def env_id(dataset_name: str) -> str:
@@ -180,12 +207,13 @@ def as_arrays(columns: dict[str, list]) -> dict[str, np.ndarray]:
     return {key: np.asarray(values, dtype=dtypes.get(key, np.float32)) for key, values in columns.items()}
 
 
-def make_env(dataset_name: str):
+def make_env(dataset_name: str, **kwargs):
+    """The env a dataset is made in (``data_collection`` mode, episodes of ``EPISODE_STEPS``)."""
     import gymnasium as gym
     import ogbench.manipspace  # noqa: F401  (registers the envs)
 
     return gym.make(env_id(dataset_name), terminate_at_goal=False, mode="data_collection",
-                    max_episode_steps=EPISODE_STEPS)
+                    max_episode_steps=EPISODE_STEPS, **kwargs)
 
 
 def write_chunk(dataset_name: str, seed: int, episodes: range, path: Path) -> int:
@@ -199,6 +227,58 @@ def write_chunk(dataset_name: str, seed: int, episodes: range, path: Path) -> in
     return len(chunk["terminals"])
 
 
+class FrameRenderer:
+    """The frames of OGBench's ``visual-`` env at the states of a saved episode. The env renders a step's
+    frame right after its physics; where its ``post_step`` runs no forward pass (the cube envs), the
+    bodies are drawn where they were before the last physics substep, at ``qpos - timestep * qvel``
+    (MuJoCo's position update, inverted), so the frame is drawn there too. An episode's first frame
+    follows a reset, which draws the state itself."""
+
+    def __init__(self, dataset_name: str, image_size: int) -> None:
+        import mujoco
+
+        self.mujoco = mujoco
+        env_name = VISUAL_PREFIX + state_dataset_name(full_dataset_name(dataset_name))
+        self.env = make_env(env_name, width=image_size, height=image_size)
+        self.env.reset(seed=0)
+        self.env.step(np.full(self.env.action_space.shape, 0.5))  # also hides the cube targets reset leaves shown
+        self.base = self.env.unwrapped
+        model, data = self.base._model, self.base._data
+        drawn = data.xpos.copy()
+        mujoco.mj_kinematics(model, data)
+        self.draws_before_last_substep = not np.array_equal(drawn, data.xpos)
+
+    def __call__(self, state: dict[str, np.ndarray], episode_start: bool) -> np.ndarray:
+        if "button_states" in state:
+            self.base.set_state(state["qpos"], state["qvel"], state["button_states"])
+        else:
+            self.base.set_state(state["qpos"], state["qvel"])
+        if self.draws_before_last_substep and not episode_start:
+            model, data = self.base._model, self.base._data
+            self.mujoco.mj_integratePos(model, data.qpos, data.qvel, -model.opt.timestep)
+            self.mujoco.mj_kinematics(model, data)
+        return self.base.compute_observation()
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def render_chunk(dataset_name: str, image_size: int, source: Path, rows: range, path: Path) -> int:
+    """Render the frames of rows ``rows`` of the state dataset ``source`` to ``path``; return their count."""
+    with np.load(source) as data:
+        states = {key: data[key][rows.start:rows.stop] for key in ("qpos", "qvel", "button_states") if key in data}
+        starts = np.ones(len(rows), dtype=bool)
+        starts[1:] = data["terminals"][rows.start:rows.stop - 1]
+        if rows.start > 0:
+            starts[0] = data["terminals"][rows.start - 1]
+    renderer = FrameRenderer(dataset_name, image_size)
+    frames = np.stack([renderer({key: value[row] for key, value in states.items()}, starts[row])
+                       for row in range(len(rows))])
+    renderer.close()
+    save_whole(path, {"observations": frames}, compressed=False)
+    return len(rows)
+
+
 def save_whole(path: Path, arrays: dict[str, np.ndarray], compressed: bool) -> None:
     """Write ``arrays`` to the npz ``path`` through a ``.tmp`` beside it: a write cut short leaves no ``path``."""
     partial = path.with_name(path.name + ".tmp")
@@ -207,49 +287,97 @@ def save_whole(path: Path, arrays: dict[str, np.ndarray], compressed: bool) -> N
     partial.replace(path)
 
 
-def _write_chunk_job(job: tuple) -> tuple[int, int]:
-    dataset_name, seed, episodes, path = job
-    return write_chunk(dataset_name, seed, episodes, path), len(episodes)
+def _run_job(job: tuple) -> tuple[int, int]:
+    function, count, *arguments = job
+    return function(*arguments), count
+
+
+def run_in_chunks(label: str, jobs: list[tuple], paths: list[Path], total: int, unit: str, workers: int | None,
+                  progress: bool) -> None:
+    """Run each ``(function, count, *arguments)`` of ``jobs`` whose chunk file in ``paths`` is missing, over
+    ``workers`` processes (default: one per core), with a progress bar over the ``total`` ``unit`` (each
+    job makes ``count`` of them; a function returns the steps or frames it made, shown as a rate)."""
+    from tqdm import tqdm
+
+    todo = [job for job, path in zip(jobs, paths) if not path.is_file()]
+    done = total - sum(job[1] for job in todo)
+    bar = tqdm(total=total, initial=done, desc=label, unit=unit, disable=not progress)
+    if done and progress:
+        bar.write(f"continuing {label}: {done} of {total} {unit} made already ({paths[0].parent})")
+    made, start = 0, time.perf_counter()
+    workers = min(workers or multiprocessing.cpu_count(), max(len(todo), 1))
+    # Leaving the block, also on Ctrl-C, terminates the workers: a chunk cut short stays a .tmp file.
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        for chunk_made, count in pool.imap_unordered(_run_job, todo):
+            made += chunk_made
+            bar.update(count)
+            bar.set_postfix(per_s=f"{made / (time.perf_counter() - start):.0f}")
+    bar.close()
+
+
+def dataset_paths(root: Path, name: str) -> dict[str, Path]:
+    return {"train": root / f"{name}.npz", "val": root / f"{name}-val.npz"}
+
+
+def parts_dir(root: Path, dataset_name: str, episodes: int | None) -> Path:
+    """Where the chunks of a generation or a rendering live until its files are written."""
+    return root / f"{subset_name(full_dataset_name(dataset_name), episodes or TRAINING_EPISODES)}.parts"
 
 
 def write_manipulation_dataset(dataset_name: str, root: Path, episodes: int | None = None, seed: int = 0,
-                               workers: int | None = None, progress: bool = False) -> dict[str, Path]:
+                               workers: int | None = None, progress: bool = False,
+                               image_size: int = 64) -> dict[str, Path]:
     """Write ``<name>.npz`` and ``<name>-val.npz`` under ``root`` (``<name>`` tagged with the episode count
     when it is not the recipe's); return their paths. ``workers`` processes make the chunks (default: one
-    per core); chunks already under ``<name>.parts/`` from a stopped run are kept."""
-    from tqdm import tqdm
-
+    per core); chunks already under ``<name>.parts/`` from a stopped run are kept. A ``visual-`` name
+    renders ``image_size`` frames from its state dataset, made first where missing."""
     check_manipulation_dataset(dataset_name)
+    if is_visual(dataset_name):
+        return write_visual_dataset(dataset_name, root, episodes, seed, workers, progress, image_size)
     episodes = episodes or TRAINING_EPISODES
     name = subset_name(full_dataset_name(dataset_name), episodes)
     total = episodes + max(episodes // 10, 1)
-    parts = root / f"{name}.parts"
+    parts = parts_dir(root, dataset_name, episodes)
     parts.mkdir(parents=True, exist_ok=True)
     chunks = [range(start, min(start + CHUNK_EPISODES, total)) for start in range(0, total, CHUNK_EPISODES)]
     paths = [parts / f"seed{seed}_episodes{chunk.start:05d}-{chunk.stop - 1:05d}.npz" for chunk in chunks]
-    todo = [(chunk, path) for chunk, path in zip(chunks, paths) if not path.is_file()]
-    done_episodes = total - sum(len(chunk) for chunk, _ in todo)
-    bar = tqdm(total=total, initial=done_episodes, desc=name, unit="episodes", disable=not progress)
-    if done_episodes and progress:
-        bar.write(f"continuing {name}: {done_episodes} of {total} episodes made already ({parts})")
-    steps, start = 0, time.perf_counter()
-    workers = min(workers or multiprocessing.cpu_count(), max(len(todo), 1))
-    jobs = [(full_dataset_name(dataset_name), seed, chunk, path) for chunk, path in todo]
-    # Leaving the block, also on Ctrl-C, terminates the workers: a chunk cut short stays a .tmp file.
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        for chunk_steps, chunk_episodes in pool.imap_unordered(_write_chunk_job, jobs):
-            steps += chunk_steps
-            bar.update(chunk_episodes)
-            bar.set_postfix(steps_per_s=f"{steps / (time.perf_counter() - start):.0f}")
-    bar.close()
+    jobs = [(write_chunk, len(chunk), full_dataset_name(dataset_name), seed, chunk, path)
+            for chunk, path in zip(chunks, paths)]
+    run_in_chunks(name, jobs, paths, total, "episodes", workers, progress)
     chunk_data = [dict(np.load(path)) for path in paths]
     everything = {key: np.concatenate([chunk[key] for chunk in chunk_data]) for key in chunk_data[0]}
     cut = episodes * EPISODE_STEPS  # training episodes first, then validation ones, as OGBench's script
-    written = {}
+    written = dataset_paths(root, name)
     for kind, rows in (("train", slice(0, cut)), ("val", slice(cut, None))):
-        path = root / (f"{name}.npz" if kind == "train" else f"{name}-val.npz")
-        save_whole(path, {key: value[rows] for key, value in everything.items()}, compressed=True)
-        written[kind] = path
+        save_whole(written[kind], {key: value[rows] for key, value in everything.items()}, compressed=True)
     shutil.rmtree(parts)
     return written
 
+
+def write_visual_dataset(dataset_name: str, root: Path, episodes: int | None, seed: int, workers: int | None,
+                         progress: bool, image_size: int) -> dict[str, Path]:
+    """The state dataset's files with every observation rendered (see ``FrameRenderer``)."""
+    state_name = state_dataset_name(dataset_name)
+    sources = dataset_paths(root, subset_name(full_dataset_name(state_name), episodes or TRAINING_EPISODES))
+    if not all(path.is_file() for path in sources.values()):
+        write_manipulation_dataset(state_name, root, episodes, seed, workers, progress)
+    name = subset_name(full_dataset_name(dataset_name), episodes or TRAINING_EPISODES)
+    parts = parts_dir(root, dataset_name, episodes)
+    parts.mkdir(parents=True, exist_ok=True)
+    jobs, paths = [], {kind: [] for kind in sources}
+    for kind, source in sources.items():
+        with np.load(source) as data:
+            length = len(data["terminals"])
+        for start in range(0, length, RENDER_CHUNK_ROWS):
+            rows = range(start, min(start + RENDER_CHUNK_ROWS, length))
+            paths[kind].append(parts / f"{image_size}px_{kind}_rows{rows.start:07d}-{rows.stop - 1:07d}.npz")
+            jobs.append((render_chunk, len(rows), dataset_name, image_size, source, rows, paths[kind][-1]))
+    every_path = paths["train"] + paths["val"]
+    run_in_chunks(name, jobs, every_path, sum(job[1] for job in jobs), "frames", workers, progress)
+    written = dataset_paths(root, name)
+    for kind, source in sources.items():
+        arrays = dict(np.load(source))
+        arrays["observations"] = np.concatenate([np.load(path)["observations"] for path in paths[kind]])
+        save_whole(written[kind], arrays, compressed=True)
+    shutil.rmtree(parts)
+    return written

@@ -13,10 +13,12 @@ from tensordict import TensorDict
 
 from contrastive_rl.config import ConfigError
 from contrastive_rl.envs import GOAL_KEY, GOAL_KEYS
+from contrastive_rl.pixels import PIXELS_KEY
 from contrastive_rl.locomaze import (
     OGBENCH_DATASET_PREFIX,
     OGBENCH_ROOT,
     env_id,
+    image_kwargs,
     is_ogbench_name,
     load_ogbench_transitions,
     make_ogbench_env,
@@ -127,8 +129,9 @@ def load_offline_data(cfg, env_name: str) -> TensorDict:
         if not is_ogbench_name(env_name) or env_id(name) != env_id(env_name):
             raise ConfigError(f"offline.dataset={dataset!r} is not allowed with env.env_name={env_name!r}: "
                               f"train it on its own env, env.env_name={name}")
-        env = make_ogbench_env(env_name, cfg.env.max_steps)
-        dims = dict(observation_dim=env.observation_space["observation"].shape[-1],
+        env = make_ogbench_env(env_name, cfg.env.max_steps, **image_kwargs(env_name, cfg.env.image_size))
+        observation_key = PIXELS_KEY if env.from_pixels else "observation"
+        dims = dict(observation_shape=env.observation_space[observation_key].shape,
                     action_dim=env.action_space.shape[-1])
         env.close()
         root = Path(to_absolute_path(cfg.offline.root)) if cfg.offline.root else OGBENCH_ROOT.expanduser()

@@ -2,7 +2,6 @@
 augmentation."""
 from __future__ import annotations
 
-import os
 
 import gymnasium as gym
 import numpy as np
@@ -21,9 +20,10 @@ def supports_image_goals(env_name: str) -> bool:
 
 
 def mujoco_renderer(env: gym.Env):
-    """The MuJoCo renderer of a goal env (the mazes keep it on their inner point or ant env)."""
+    """The gymnasium MuJoCo renderer of a goal env (the mazes keep it on their inner point or ant env);
+    None for an env with its own renderer (OGBench's manipulation envs)."""
     base = env.unwrapped
-    return (getattr(base, "point_env", None) or getattr(base, "ant_env", None) or base).mujoco_renderer
+    return getattr(getattr(base, "point_env", None) or getattr(base, "ant_env", None) or base, "mujoco_renderer", None)
 
 
 class OwnContextRender(gym.Wrapper):
@@ -35,7 +35,8 @@ class OwnContextRender(gym.Wrapper):
     """
 
     def render(self):
-        viewer = mujoco_renderer(self.env).viewer
+        renderer = mujoco_renderer(self.env)
+        viewer = renderer.viewer if renderer is not None else None
         if viewer is not None:  # the first render creates the context and makes it current
             viewer.make_context_current()
         return self.env.render()
@@ -102,13 +103,8 @@ class GoalImageWrapper(gym.Wrapper):
         return image
 
 
-def use_headless_rendering() -> None:
-    os.environ.setdefault("MUJOCO_GL", "egl")  # Mesa's EGL renders offscreen on a machine without display
-
-
 def rendering_error(env_name: str) -> str:
     """Empty if ``env_name`` renders offscreen here, else why not."""
-    use_headless_rendering()
     try:
         env = gym.make(env_name, render_mode="rgb_array", width=8, height=8)
         try:
@@ -122,7 +118,6 @@ def rendering_error(env_name: str) -> str:
 
 
 def make_pixel_gym_env(env_name: str, max_steps: int, image_size: int) -> gym.Env:
-    use_headless_rendering()
     env = gym.make(
         env_name, max_episode_steps=max_steps, render_mode="rgb_array", width=image_size, height=image_size
     )
@@ -157,6 +152,52 @@ class PixelEncoder(nn.Module):
         batch_shape = pixels.shape[:-3]
         images = pixels.reshape(-1, *pixels.shape[-3:]).permute(0, 3, 1, 2).float().div(255.0)
         return self.net(images).reshape(*batch_shape, self.out_features)
+
+
+class ImpalaSmallEncoder(nn.Module):
+    """OGBench's ``impala_small`` image encoder (``impls/utils/encoders.py``: its IMPALA ResNet with one
+    residual block per stack): three stacks of 16, 32, 32 channels, each a 3 x 3 conv, a 3 x 3 max-pool of
+    stride 2 and a residual block of two ReLU-conv pairs; then ReLU, flatten, Linear to 512 and ReLU.
+
+    Takes uint8 images ``[..., H, W, 3]`` and scales them to [0, 1] on their device.
+    """
+
+    def __init__(self, image_size: int, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        stacks, channels, size = [], 3, image_size
+        for out_channels in (16, 32, 32):
+            stacks.append(ImpalaStack(channels, out_channels, device=device))
+            channels, size = out_channels, (size + 1) // 2
+        self.stacks = nn.Sequential(*stacks, nn.ReLU(), nn.Flatten())
+        self.head = nn.Sequential(nn.Linear(channels * size * size, 512, device=device), nn.ReLU())
+        self.out_features = 512
+        for module in self.modules():  # flax's xavier_uniform kernels and zero biases, as OGBench's encoder
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        batch_shape = pixels.shape[:-3]
+        images = pixels.reshape(-1, *pixels.shape[-3:]).permute(0, 3, 1, 2).float().div(255.0)
+        return self.head(self.stacks(images)).reshape(*batch_shape, self.out_features)
+
+
+class ImpalaStack(nn.Module):
+    """conv 3 x 3, max-pool 3 x 3 / 2 ('SAME' padding), then x + conv(relu(conv(relu(x))))."""
+
+    def __init__(self, in_channels: int, channels: int, device=None) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, channels, 3, padding=1, device=device)
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.block = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1, device=device),
+                                   nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1, device=device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.conv(x))
+        return x + self.block(x)
+
+
+ENCODERS = {"cnn": PixelEncoder, "impala_small": ImpalaSmallEncoder}
 
 
 class SharedEncoderView(nn.Module):

@@ -8,7 +8,8 @@ import gymnasium as gym
 import torch
 from torchrl.record.loggers import CSVLogger
 
-from contrastive_rl.pixels import OwnContextRender, look_down_on_maze, use_headless_rendering
+from contrastive_rl.locomaze import is_ogbench_name, make_ogbench_env
+from contrastive_rl.pixels import OwnContextRender, look_down_on_maze
 
 VIDEO_KEY = "video_frame"
 FETCH_TARGET_SCALE = 2.5  # Fetch's 2 cm target sphere is a pixel or two in a video frame
@@ -17,10 +18,13 @@ FETCH_TARGET_SCALE = 2.5  # Fetch's 2 cm target sphere is a pixel or two in a vi
 def make_video_gym_env(env_name: str, max_steps: int, size: int) -> gym.Env:
     """A state-based goal env rendering ``size`` x ``size`` frames in which the desired goal shows: mazes
     seen from straight above with their red target, Fetch with its red target drawn larger (sites carry
-    no physics, so the dynamics are unchanged)."""
+    no physics, so the dynamics are unchanged), OGBench's envs from their own camera (the manipulation
+    targets drawn as translucent objects), on one of their evaluation tasks."""
     import mujoco
 
-    use_headless_rendering()
+    if is_ogbench_name(env_name):
+        return OwnContextRender(make_ogbench_env(env_name, max_steps, render_mode="rgb_array", width=size,
+                                                 height=size))
     env = gym.make(env_name, max_episode_steps=max_steps, render_mode="rgb_array", width=size, height=size)
     if env_name.startswith(("PointMaze_", "AntMaze_")):
         look_down_on_maze(env)

@@ -192,7 +192,7 @@ def write_npz(path, observation_dim, action_dim, episodes=3, steps=20, drop=None
 def test_loader_reads_an_antmaze_layout_with_episodes_from_terminals(tmp_path):
     name = "antmaze-medium-navigate-v0"
     data = write_npz(tmp_path / f"{name}.npz", observation_dim=29, action_dim=8)
-    transitions = load_ogbench_transitions(name, tmp_path, observation_dim=29, action_dim=8)
+    transitions = load_ogbench_transitions(name, tmp_path, observation_shape=(29,), action_dim=8)
     assert transitions.shape == (3 * 19,)  # each episode's last step has no next observation
     done = transitions["next", "done"].squeeze(-1)
     assert done.nonzero().squeeze(-1).tolist() == [18, 37, 56]
@@ -212,13 +212,13 @@ def test_bad_ogbench_input_is_named_in_one_line(tmp_path, make_cfg, monkeypatch)
     monkeypatch.setattr(ogbench, "download_datasets", no_network)
     with pytest.raises(ConfigError, match=rf"^offline.dataset='ogbench:{NAME}' not found: no {tmp_path}/{NAME}.npz, "
                                           rf"and downloading it failed \(OSError\); regenerate it with"):
-        load_ogbench_transitions(NAME, tmp_path, observation_dim=2, action_dim=2)
+        load_ogbench_transitions(NAME, tmp_path, observation_shape=(2,), action_dim=2)
     write_npz(tmp_path / f"{NAME}.npz", observation_dim=2, action_dim=2, drop="actions")
     with pytest.raises(ConfigError, match=rf"^offline.dataset='ogbench:{NAME}' could not be read as an OGBench dataset"):
-        load_ogbench_transitions(NAME, tmp_path, observation_dim=2, action_dim=2)
+        load_ogbench_transitions(NAME, tmp_path, observation_shape=(2,), action_dim=2)
     write_npz(tmp_path / f"{NAME}.npz", observation_dim=4, action_dim=2)
     with pytest.raises(ConfigError, match="does not match the env: its observation has 4 dimensions, the env's has 2"):
-        load_ogbench_transitions(NAME, tmp_path, observation_dim=2, action_dim=2)
+        load_ogbench_transitions(NAME, tmp_path, observation_shape=(2,), action_dim=2)
     cfg = make_cfg("offline.dataset=ogbench:pointmaze-large-navigate-v0", f"env.env_name={NAME}")
     with pytest.raises(ConfigError, match="is not allowed with env.env_name='pointmaze-medium-navigate-v0'"):
         load_offline_data(cfg, check_config(cfg))

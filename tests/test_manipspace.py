@@ -1,6 +1,7 @@
 """OGBench's manipulation datasets regenerated with the env's own oracles: the recipe (episode count and
 length, terminals, action range, button states), OGBench's loader, a stopped generation continued, the
-goal env and a run from states."""
+oracle solving the evaluation tasks, the goal env, the frames of the visual datasets, runs from states
+and from pixels, and bad input."""
 import signal
 import subprocess
 import sys
@@ -9,20 +10,25 @@ import time
 import numpy as np
 import ogbench
 import pytest
+import torch
 
-from conftest import ROOT, TINY_OVERRIDES, read_scalar, script
+from conftest import ROOT, TINY_OVERRIDES, check_config, read_scalar, script
 from contrastive_rl import manipspace
 from contrastive_rl.config import ConfigError
-from contrastive_rl.locomaze import env_id, is_ogbench_name, make_ogbench_env
+from contrastive_rl.locomaze import env_id, episode_steps, is_ogbench_name, load_ogbench_transitions, make_ogbench_env
 from contrastive_rl.manipspace import (
     EPISODE_STEPS,
+    FrameRenderer,
     check_manipulation_dataset,
     full_dataset_name,
+    make_env,
     random_action_probability,
     scene_episode_is_healthy,
+    state_dataset_name,
     subset_name,
     write_manipulation_dataset,
 )
+from contrastive_rl.pixels import GOAL_PIXELS_KEY, PIXELS_KEY
 
 CUBE = "cube-single-play-v0"
 
@@ -35,6 +41,11 @@ def test_names_map_to_their_envs_and_a_smaller_dataset_says_so():
     assert env_id("scene-play-v0") == "scene-v0" and env_id("puzzle-3x3-noisy-v0") == "puzzle-3x3-v0"
     assert all(is_ogbench_name(name) for name in ("scene-play-v0", CUBE, "puzzle-3x3-play-10ep-v0"))
     assert not is_ogbench_name("scene-v0")
+    visual = "visual-cube-single-play-25ep-v0"
+    assert is_ogbench_name(visual) and env_id(visual) == "visual-cube-single-v0"
+    assert state_dataset_name(full_dataset_name(visual)) == CUBE
+    check_manipulation_dataset(visual)
+    assert (episode_steps(CUBE), episode_steps("scene-play-v0"), episode_steps("puzzle-3x3-play-v0")) == (200, 750, 500)
     with pytest.raises(ConfigError, match="'cube-sextuple-play-v0' is not a manipulation dataset"):
         check_manipulation_dataset("cube-sextuple-play-v0")
 
@@ -159,7 +170,7 @@ def test_a_stop_keeps_the_finished_chunks_and_the_same_command_continues(tmp_pat
     process.send_signal(stop)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 1
-    assert stderr.strip().splitlines()[-1] == (f"stopped: the episodes made so far are kept under {parts}; "
+    assert stderr.strip().splitlines()[-1] == (f"stopped: the work done so far is kept under {parts}; "
                                                "the same command continues")
     assert [path.name for path in parts.glob("*.npz")] == ["seed0_episodes00000-00004.npz"]
     assert not (tmp_path / "cube-single-play-5ep-v0.npz").exists()
@@ -168,3 +179,190 @@ def test_a_stop_keeps_the_finished_chunks_and_the_same_command_continues(tmp_pat
     assert "continuing cube-single-play-5ep-v0: 5 of 6 episodes made already" in result.stdout + result.stderr
     assert result.stdout.strip().splitlines()[-1].startswith(f"wrote {tmp_path / 'cube-single-play-5ep-v0.npz'}")
     assert np.load(tmp_path / "cube-single-play-5ep-v0.npz")["terminals"].sum() == 5 and not parts.exists()
+
+
+def oracle_info(env, info: dict) -> dict:
+    """The privileged target entries a data-collection episode gives the cube oracle, for an evaluation
+    task of cube-single (its one cube, its goal at the target marker)."""
+    from ogbench.manipspace import lie
+
+    base = env.unwrapped
+    target = base._cube_target_mocap_ids[0]
+    yaw = lie.SO3(wxyz=base._data.mocap_quat[target]).compute_yaw_radians()
+    return {**info, "privileged/target_block": 0, "privileged/target_block_pos": base._data.mocap_pos[target].copy(),
+            "privileged/target_block_yaw": np.array([yaw])}
+
+
+def test_the_noiseless_oracle_solves_the_five_evaluation_tasks():
+    from ogbench.manipspace.oracles.plan.cube_plan import CubePlanOracle
+
+    env = make_ogbench_env(CUBE, episode_steps(CUBE))
+    oracle = CubePlanOracle(env=env.unwrapped, noise=0.0)
+    for task in range(1, 6):
+        observation, info = env.reset(seed=task, options={"task_id": task})
+        oracle.reset(observation["observation"], oracle_info(env, info))
+        for _ in range(episode_steps(CUBE)):
+            action = np.clip(oracle.select_action(observation["observation"], oracle_info(env, info)), -1, 1)
+            observation, _, terminated, truncated, info = env.step(action)
+            if terminated or truncated:
+                break
+        assert info["success"], f"task {task}"
+    env.close()
+
+
+def frames_and_renderings(dataset: str, steps: int = 8) -> tuple[list, list, bool]:
+    """The visual env's own observations along a random episode, and FrameRenderer's frames at the states
+    the episode saves."""
+    env = make_env("visual-" + dataset)
+    env.reset(seed=0)
+    env.step(np.zeros(5))  # not the env's first frame ever (see FrameRenderer)
+    observation, _ = env.reset(seed=3)
+    renderer = FrameRenderer(dataset, 64)
+    env.action_space.seed(3)
+    observations, renderings = [], []
+    for step in range(steps):
+        next_observation, _, _, _, info = env.step(env.action_space.sample())
+        state = {key.removeprefix("prev_"): info[key] for key in ("prev_qpos", "prev_qvel", "prev_button_states")
+                 if key in info}
+        observations.append(observation)
+        renderings.append(renderer(state, episode_start=step == 0))
+        observation = next_observation
+    lagged = renderer.draws_before_last_substep
+    renderer.close()
+    env.close()
+    return observations, renderings, lagged
+
+
+@pytest.mark.parametrize("dataset", [CUBE, "scene-play-v0"])
+def test_a_rendered_frame_equals_the_env_own_pixel_observation_at_that_state(dataset, tmp_path):
+    # In a process of its own: a GL context another renderer left current (gymnasium's, in the PointMaze
+    # tests) changes the first MuJoCo renderer made after it.
+    code = (f"import numpy as np, test_manipspace as t; o, r, lagged = t.frames_and_renderings({dataset!r}); "
+            f"np.savez({str(tmp_path / 'frames.npz')!r}, observations=o, renderings=r, lagged=lagged)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "tests", capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    frames = np.load(tmp_path / "frames.npz")
+    assert bool(frames["lagged"]) == dataset.startswith("cube")
+    np.testing.assert_array_equal(frames["renderings"], frames["observations"])
+    assert frames["observations"].shape == (8, 64, 64, 3) and frames["observations"].dtype == np.uint8
+    assert frames["observations"].std() > 10 and np.abs(np.diff(frames["observations"].astype(int), axis=0)).max() > 0
+
+
+def test_visual_goal_env_observes_frames_and_its_goal_is_the_task_goal_frame():
+    env = make_ogbench_env("visual-cube-single-play-v0", 200, task_id=2, width=64, height=64)
+    observation, info = env.reset(seed=0)
+    assert set(observation) == {PIXELS_KEY, GOAL_PIXELS_KEY}
+    np.testing.assert_array_equal(observation[GOAL_PIXELS_KEY], info["goal"])
+    assert observation[PIXELS_KEY].shape == (64, 64, 3) and observation[PIXELS_KEY].dtype == np.uint8
+    assert np.abs(observation[PIXELS_KEY].astype(int) - info["goal"]).max() > 0  # the cube stands elsewhere
+    env.close()
+
+
+@pytest.fixture(scope="module")
+def visual_dataset(cube_dataset, tmp_path_factory):
+    """A one-episode visual dataset rendered from the first rows of a state dataset (rendering a whole
+    episode in software takes minutes)."""
+    paths, _ = cube_dataset
+    root = tmp_path_factory.mktemp("visual")
+    for split, rows in (("train", 24), ("val", 8)):
+        state = {key: value[:rows] for key, value in np.load(paths[split]).items()}
+        state["terminals"][-1] = True
+        np.savez(root / f"cube-single-play-1ep-v0{'-val' if split == 'val' else ''}.npz", **state)
+    return write_manipulation_dataset("visual-" + CUBE, root, episodes=1, workers=2), root
+
+
+@pytest.mark.slow
+def test_a_visual_dataset_is_its_state_dataset_with_frames(visual_dataset):
+    paths, root = visual_dataset
+    assert paths["train"].name == "visual-cube-single-play-1ep-v0.npz"
+    visual, state = np.load(paths["train"]), np.load(root / "cube-single-play-1ep-v0.npz")
+    assert visual["observations"].shape == (24, 64, 64, 3) and visual["observations"].dtype == np.uint8
+    for key in ("actions", "terminals", "qpos", "qvel"):
+        np.testing.assert_array_equal(visual[key], state[key])
+    renderer = FrameRenderer(CUBE, 64)
+    for row in (0, 5):
+        frame = renderer({"qpos": state["qpos"][row], "qvel": state["qvel"][row]}, episode_start=row == 0)
+        np.testing.assert_array_equal(visual["observations"][row], frame)
+    renderer.close()
+    assert np.load(paths["val"])["observations"].shape == (8, 64, 64, 3)
+    assert not (root / "visual-cube-single-play-1ep-v0.parts").exists()
+    data = ogbench.utils.load_dataset(str(paths["train"]))
+    assert data["observations"].shape == (23, 64, 64, 3)
+
+
+@pytest.mark.slow
+def test_a_visual_dataset_of_another_image_size_is_refused_in_one_line(visual_dataset):
+    _, root = visual_dataset
+    transitions = load_ogbench_transitions("visual-cube-single-play-1ep-v0", root, observation_shape=(64, 64, 3),
+                                           action_dim=5)
+    assert transitions["pixels"].dtype == transitions["next", "pixels"].dtype == torch.uint8
+    with pytest.raises(ConfigError, match=r"its frames are 64 x 64 x 3, the env's are 48 x 48 x 3; render it at "
+                                          r"this size with python make_dataset.py --ogbench .* --image-size 48"):
+        load_ogbench_transitions("visual-cube-single-play-1ep-v0", root, observation_shape=(48, 48, 3), action_dim=5)
+
+
+def test_a_dataset_file_cut_short_is_refused_in_one_line_and_kept(tmp_path, cube_dataset):
+    paths, _ = cube_dataset
+    whole = paths["train"].read_bytes()
+    cut = tmp_path / "cube-single-play-2ep-v0.npz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ConfigError, match=r"could not be read as an OGBench dataset"):
+        load_ogbench_transitions("cube-single-play-2ep-v0", tmp_path, observation_shape=(28,), action_dim=5)
+    assert cut.read_bytes() == whole[: len(whole) // 2]
+
+
+@pytest.mark.slow
+def test_script_trains_offline_from_pixels_on_a_visual_dataset_and_records_a_video(tmp_path, visual_dataset):
+    _, root = visual_dataset
+    result = subprocess.run(
+        script("--config-name", "config_ogbench_crl_visual", *TINY_OVERRIDES, "env.max_steps=4",
+               "offline.dataset=ogbench:visual-cube-single-play-1ep-v0", f"offline.root={root}",
+               "offline.gradient_steps=4", "offline.eval_interval=4", "buffer.batch_size=8",
+               "logger.num_eval_episodes=1", "logger.video_every=1", f"hydra.run.dir={tmp_path / 'run'}"),
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [step for step, _ in read_scalar(tmp_path / "run", "eval/overall_success")] == [4]
+    assert list((tmp_path / "run").rglob("*.mp4"))
+
+
+def compose_preset(name, *overrides):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT), version_base="1.1"):
+        return compose(config_name=name, overrides=list(overrides))
+
+
+def test_manipulation_presets_take_ogbench_episode_length_and_bc_weight():
+    cfg = compose_preset("config_ogbench_crl_manipulation")
+    assert (cfg.env.max_steps, cfg.loss.bc_coef, cfg.offline.dataset) == (200, 3.0, "ogbench:cube-single-play-v0")
+    assert compose_preset("config_ogbench_crl_manipulation", "env.env_name=scene-play-v0").env.max_steps == 750
+    visual = compose_preset("config_ogbench_crl_visual")
+    assert (visual.env.max_steps, visual.env.from_pixels, visual.model.encoder, visual.buffer.batch_size) == (
+        200, True, "impala_small", 256)
+    assert check_config(visual) == "visual-cube-single-play-v0"
+
+
+def test_images_follow_the_dataset_name_in_one_line():
+    with pytest.raises(ConfigError, match=r"^env.from_pixels=False is not allowed with env.env_name="
+                                          r"'visual-cube-single-play-v0': its observations are frames"):
+        check_config(compose_preset("config_ogbench_crl_visual", "env.from_pixels=false"))
+    with pytest.raises(ConfigError, match=r"^env.from_pixels=True is not allowed with env.env_name="
+                                          r"'cube-single-play-v0': its observations are states \(train from pixels "
+                                          r"on visual-cube-single-play-v0"):
+        check_config(compose_preset("config_ogbench_crl_manipulation", "env.from_pixels=true"))
+    with pytest.raises(ConfigError, match=r"^env.max_steps=None is not allowed"):
+        check_config(compose_preset("config_ogbench_crl_manipulation", "env.env_name=FetchReach-v4"))
+
+
+def test_impala_small_encoder_maps_frames_to_512_features_and_trains():
+    from contrastive_rl.pixels import ImpalaSmallEncoder
+
+    encoder = ImpalaSmallEncoder(64)
+    frames = torch.randint(0, 256, (2, 3, 64, 64, 3), dtype=torch.uint8)
+    features = encoder(frames)
+    assert features.shape == (2, 3, 512) and (features >= 0).all()
+    assert encoder.head[0].in_features == 32 * 8 * 8  # three max-pools of stride 2: 64 -> 8
+    features.sum().backward()
+    assert all(parameter.grad is not None and parameter.grad.abs().sum() > 0 for parameter in encoder.parameters())

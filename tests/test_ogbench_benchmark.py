@@ -1,6 +1,8 @@
 """benchmarks/ogbench.py keeps each finished run and trains only what it does not have."""
 import argparse
 
+import pytest
+
 from benchmarks import ogbench
 
 
@@ -42,3 +44,12 @@ def test_the_matrix_runs_seed_by_seed(tmp_path, monkeypatch):
     assert [seed for seed, _, _ in order] == [0, 0, 0, 0, 1, 1, 1, 1]
     assert order[:4] == [(0, "ogbench_crl", "a"), (0, "ogbench_crl", "b"),
                          (0, "ogbench_tmd", "a"), (0, "ogbench_tmd", "b")]
+
+
+def test_manipulation_datasets_take_their_recipes_and_a_missing_pixel_recipe_is_refused():
+    assert ogbench.recipe_config("ogbench_crl", "pointmaze-medium-navigate-v0") == "config_ogbench_crl"
+    assert ogbench.recipe_config("ogbench_crl", "scene-play-v0") == "config_ogbench_crl_manipulation"
+    assert ogbench.recipe_config("stable_crl", "cube-single-play-v0") == "config_stable_crl"
+    assert ogbench.recipe_config("ogbench_crl", "visual-cube-single-play-10ep-v0") == "config_ogbench_crl_visual"
+    with pytest.raises(SystemExit, match="--recipes ogbench_tmd has no pixel version: use ogbench_crl"):
+        ogbench.recipe_config("ogbench_tmd", "visual-cube-single-play-v0")
