@@ -39,7 +39,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# The repository instead of this file's folder: from there, `import ogbench` would find this file.
+sys.path[0] = str(ROOT)
 
 from benchmarks.learning_curve import read_scalar  # noqa: E402
 from contrastive_rl.locomaze import (  # noqa: E402
@@ -156,7 +157,7 @@ def train(recipe: str, name: str, seed: int, args, run_dir: Path, threads: int) 
     ]
     result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
     if result.returncode:
-        raise RuntimeError(f"{recipe} {name} seed {seed} failed:\n{result.stderr[-3000:]}")
+        raise RuntimeError(f"{recipe} {name} seed {seed} failed: {' '.join(command)}\n{result.stderr[-3000:]}")
     rates = read_scalar(run_dir, "train/updates_per_second")
     run = {
         "overall": read_scalar(run_dir, "eval/overall_success"),
