@@ -25,6 +25,7 @@ from contrastive_rl.manipspace import (
     random_action_probability,
     scene_episode_is_healthy,
     state_dataset_name,
+    subset_episodes,
     subset_name,
     write_manipulation_dataset,
 )
@@ -37,6 +38,7 @@ def test_names_map_to_their_envs_and_a_smaller_dataset_says_so():
     assert subset_name(CUBE, 1000) == CUBE
     assert subset_name(CUBE, 100) == "cube-single-play-100ep-v0"
     assert full_dataset_name("cube-single-play-100ep-v0") == CUBE
+    assert (subset_episodes("cube-single-play-100ep-v0"), subset_episodes(CUBE)) == (100, None)
     assert env_id("cube-single-play-100ep-v0") == env_id(CUBE) == "cube-single-v0"
     assert env_id("scene-play-v0") == "scene-v0" and env_id("puzzle-3x3-noisy-v0") == "puzzle-3x3-v0"
     assert all(is_ogbench_name(name) for name in ("scene-play-v0", CUBE, "puzzle-3x3-play-10ep-v0"))
@@ -366,3 +368,16 @@ def test_impala_small_encoder_maps_frames_to_512_features_and_trains():
     assert encoder.head[0].in_features == 32 * 8 * 8  # three max-pools of stride 2: 64 -> 8
     features.sum().backward()
     assert all(parameter.grad is not None and parameter.grad.abs().sum() > 0 for parameter in encoder.parameters())
+
+
+def test_video_env_of_a_state_dataset_renders_ogbench_camera_frames():
+    from contrastive_rl.videos import make_video_gym_env
+
+    env = make_video_gym_env(CUBE, 10, 96)
+    observation, info = env.reset(seed=0)
+    first = env.render()
+    env.step(np.ones(5))
+    assert first.shape == (96, 96, 3) and first.dtype == np.uint8 and first.std() > 10
+    assert np.abs(env.render().astype(int) - first).max() > 0  # the arm moved
+    np.testing.assert_array_equal(observation["desired_goal"], info["goal"])
+    env.close()
