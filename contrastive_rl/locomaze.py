@@ -142,11 +142,11 @@ def load_ogbench_transitions(dataset_name: str, root: Path, *, observation_shape
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(f"{key} could not be read as an OGBench dataset ({path}): {reason}") from None
     found = tuple(data["observations"].shape[1:])
-    if found != tuple(observation_shape) and frames:
-        raise ConfigError(f"{key} does not match the env: its frames are {' x '.join(map(str, found))}, the env's "
-                          f"are {' x '.join(map(str, observation_shape))}; render it at this size with python "
-                          f"make_dataset.py --ogbench {dataset_name} --image-size {observation_shape[0]}")
     if found != tuple(observation_shape):
+        if frames:
+            raise ConfigError(f"{key} does not match the env: its frames are {' x '.join(map(str, found))}, the "
+                              f"env's are {' x '.join(map(str, observation_shape))}; render it at this size with "
+                              f"python make_dataset.py --ogbench {dataset_name} --image-size {observation_shape[0]}")
         raise ConfigError(f"{key} does not match the env: its observation has {found[-1] if found else 0} "
                           f"dimensions, the env's has {observation_shape[-1]}")
     if data["actions"].shape[-1] != action_dim:

@@ -124,6 +124,14 @@ def make_pixel_gym_env(env_name: str, max_steps: int, image_size: int) -> gym.En
     return GoalImageWrapper(OwnContextRender(env), image_size)
 
 
+def encode_images(net, pixels: torch.Tensor, out_features: int) -> torch.Tensor:
+    """``net`` over uint8 images ``[..., H, W, 3]``, scaled to [0, 1] and made channels-first on their
+    device, as ``[..., out_features]``."""
+    batch_shape = pixels.shape[:-3]
+    images = pixels.reshape(-1, *pixels.shape[-3:]).permute(0, 3, 1, 2).float().div(255.0)
+    return net(images).reshape(*batch_shape, out_features)
+
+
 class PixelEncoder(nn.Module):
     """The paper's shallow CNN: 3 conv layers (32, 64, 64 channels; kernels 8, 4, 3; strides 4, 2, 1),
     each followed by a LayerNorm over (channels, height, width) and a ReLU, then flattened.
@@ -149,9 +157,7 @@ class PixelEncoder(nn.Module):
         self.out_features = channels * size * size
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        batch_shape = pixels.shape[:-3]
-        images = pixels.reshape(-1, *pixels.shape[-3:]).permute(0, 3, 1, 2).float().div(255.0)
-        return self.net(images).reshape(*batch_shape, self.out_features)
+        return encode_images(self.net, pixels, self.out_features)
 
 
 class ImpalaSmallEncoder(nn.Module):
@@ -177,9 +183,7 @@ class ImpalaSmallEncoder(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        batch_shape = pixels.shape[:-3]
-        images = pixels.reshape(-1, *pixels.shape[-3:]).permute(0, 3, 1, 2).float().div(255.0)
-        return self.head(self.stacks(images)).reshape(*batch_shape, self.out_features)
+        return encode_images(lambda images: self.head(self.stacks(images)), pixels, self.out_features)
 
 
 class ImpalaStack(nn.Module):
