@@ -72,7 +72,7 @@ def logged_scalars(run_dir: Path) -> dict[str, list]:
     [scalars_dir] = run_dir.glob("logs/*/scalars")
     for path in sorted(scalars_dir.rglob("*.csv")):
         name = path.relative_to(scalars_dir).with_suffix("").as_posix()
-        if "second" in name or name.startswith("time_share/"):
+        if "second" in name or name.startswith(("time/", "time_share/")):
             continue
         with open(path) as file:
             rows = {int(step): float(value) for step, value in csv.reader(file)}
