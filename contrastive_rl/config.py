@@ -170,6 +170,7 @@ RULES = {
     "logger.value_maps": BOOLEAN,
     "checkpoint.interval": NON_NEGATIVE_INTEGER,
     "checkpoint.resume": STRING,
+    "checkpoint.keep": POSITIVE_INTEGER,
     "compile.compile": BOOLEAN,
     "compile.compile_mode": Rule("choice", choices=COMPILE_MODES, also=(None,)),
     "compile.cudagraphs": BOOLEAN,

@@ -62,6 +62,21 @@ class RunProgress:
         self.update_credit -= updates
         return updates
 
+    def checkpoint_due(self, count: int, interval: int, offline: bool) -> bool:
+        """Whether ``count`` (gradient steps offline, env steps online) reached the next checkpoint of
+        every ``interval``; moves that on when it did."""
+        name = "next_offline_checkpoint" if offline else "next_checkpoint"
+        if not interval or count < getattr(self, name):
+            return False
+        setattr(self, name, getattr(self, name) + interval)
+        return True
+
+    def is_complete(self, cfg) -> bool:
+        """Whether the run of ``cfg`` has nothing left to train."""
+        offline_steps = cfg.offline.gradient_steps if cfg.offline.dataset else 0
+        online_left = trains_online(cfg) and self.collected_frames < cfg.collector.total_frames
+        return self.num_updates >= offline_steps and not online_left
+
     def rates(self, elapsed_seconds: float) -> dict[str, float]:
         return {
             "train/updates_per_second": self.num_updates / elapsed_seconds,

@@ -1,11 +1,14 @@
 """Checkpoints: a run killed mid-way and resumed equals the run that was never interrupted; a kill
 inside a save leaves the last complete checkpoint and the replay buffer segments it names whole; a full
-disk fails a save with one message, leaves nothing of it, and keeps the previous checkpoint."""
+disk fails a save with one message, leaves nothing of it, and keeps the previous checkpoint; a checkpoint
+keeps its predecessors, an unreadable one falls back to them; a signal writes a checkpoint and names the
+command that resumes; a finished run run again says so."""
 import errno
 import gc
 import hashlib
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -129,7 +132,7 @@ import torch
 from conftest import filled_buffer
 from contrastive_rl.checkpoint import Checkpointer
 buffer, step = filled_buffer(()), 0
-checkpointer = Checkpointer(Path(sys.argv[1]), buffer)
+checkpointer = Checkpointer(Path(sys.argv[1]), buffer, keep=1)
 weights = torch.randn({WEIGHTS}, generator=torch.Generator().manual_seed(1))
 while True:
     step += 1
@@ -284,7 +287,7 @@ def test_a_kill_during_a_save_leaves_the_last_complete_checkpoint(tmp_path, mome
 
     # The run resumes from it: its next save removes what the killed one left, and restores in turn.
     resumed = filled_buffer(())
-    checkpointer = Checkpointer(directory, resumed, state)
+    checkpointer = Checkpointer(directory, resumed, state, keep=1)
     checkpointer.restore_replay_buffer()
     filled_buffer([step + 1], resumed)
     checkpointer.save({"step": step + 1})
@@ -379,7 +382,7 @@ def test_a_full_disk_fails_the_save_and_keeps_the_previous_checkpoint(tmp_path, 
     and leaves the previous checkpoint as it was; once the disk has room again, the next save writes
     what the failed one did not."""
     buffer = filled_buffer((), chunk_length=SMALL)
-    checkpointer = Checkpointer(tmp_path, buffer)
+    checkpointer = Checkpointer(tmp_path, buffer, keep=1)
     for step in (1, 2, 3):
         filled_buffer([step], buffer, chunk_length=SMALL)
         checkpointer.save(small_state(step))
@@ -412,7 +415,7 @@ def test_a_full_disk_fails_the_save_and_keeps_the_previous_checkpoint(tmp_path, 
 @pytest.mark.parametrize("failure", ["no-room-before-writing", "segment-third-file", "checkpoint-file"])
 def test_a_full_disk_at_the_first_save_leaves_nothing(tmp_path, monkeypatch, failure):
     buffer = filled_buffer((), chunk_length=SMALL)
-    checkpointer = Checkpointer(tmp_path, buffer)
+    checkpointer = Checkpointer(tmp_path, buffer, keep=1)
     filled_buffer([1], buffer, chunk_length=SMALL)
     with monkeypatch.context() as patch:
         FAILURES[failure](patch)
@@ -473,7 +476,7 @@ from conftest import filled_buffer
 from contrastive_rl.checkpoint import Checkpointer, CheckpointError
 directory, chunk_length, weights = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 buffer = filled_buffer((), chunk_length=chunk_length)
-checkpointer = Checkpointer(directory, buffer)
+checkpointer = Checkpointer(directory, buffer, keep=1)
 filled_buffer([1], buffer, chunk_length=chunk_length)
 checkpointer.save({{"step": 1, "weights": torch.zeros(weights)}})
 print(hashlib.sha256((directory / "checkpoint.pt").read_bytes()).hexdigest(), flush=True)
@@ -511,7 +514,7 @@ def test_a_disk_that_fills_while_saving_fails_the_save(tmpfs, what, chunk_length
 
     tmpfs.resize("32m")
     buffer = filled_buffer((), chunk_length=chunk_length)
-    checkpointer = Checkpointer(directory, buffer, state)
+    checkpointer = Checkpointer(directory, buffer, state, keep=1)
     checkpointer.restore_replay_buffer()
     filled_buffer([2], buffer, chunk_length=chunk_length)
     checkpointer.save({"step": 2, "weights": torch.zeros(weights)})
@@ -548,9 +551,154 @@ def test_a_run_stopped_by_a_full_disk_resumes_once_there_is_room(tmpfs):
 
 @pytest.mark.parametrize("override,pattern", [
     ("checkpoint.interval=-1", "checkpoint.interval=-1 is not allowed"),
+    ("checkpoint.keep=0", "checkpoint.keep=0 is not allowed"),
 ])
 def test_bad_checkpoint_config_is_named(make_cfg, override, pattern):
     from contrastive_rl.config import ConfigError
 
     with pytest.raises(ConfigError, match=pattern):
         check_config(make_cfg(override))
+
+
+# ====================================================================
+# Predecessors, unreadable checkpoints, signals and finished runs
+# ---------------------------------------------------------------
+
+
+def restores_from(directory: Path, name: str, steps, chunk_length: int) -> dict:
+    """The checkpoint file ``name`` loads and refills an empty buffer into the saver's after ``steps``."""
+    state = torch.load(directory / name, weights_only=False)
+    assert state["step"] == steps[-1]
+    restored = filled_buffer((), chunk_length=chunk_length)
+    Checkpointer(directory, restored, state).restore_replay_buffer()
+    assert_same_buffer(restored, filled_buffer(steps, chunk_length=chunk_length))
+    return state
+
+
+@pytest.mark.parametrize("keep", [2, 3])
+def test_a_checkpoint_keeps_its_predecessors_and_their_segments(tmp_path, keep):
+    buffer = filled_buffer((), chunk_length=SMALL)
+    checkpointer = Checkpointer(tmp_path, buffer, keep=keep)
+    for step in range(1, 7):
+        filled_buffer([step], buffer, chunk_length=SMALL)
+        checkpointer.save(small_state(step))
+    names = [CHECKPOINT_FILE] + [f"checkpoint.{index}.pt" for index in range(1, keep)]
+    live = set()
+    for age, name in enumerate(names):
+        state = restores_from(tmp_path, name, range(1, 7 - age), chunk_length=SMALL)
+        live |= {segment["directory"] for segment in state["replay_buffer"]["segments"]}
+    # Nothing else: the segments no kept checkpoint names are gone.
+    assert sorted(os.listdir(tmp_path)) == sorted([*names, *live])
+
+
+def test_an_unreadable_latest_falls_back_to_its_predecessor(tmp_path, monkeypatch, make_cfg, caplog):
+    from contrastive_rl.checkpoint import find_checkpoint, read_checkpoint
+    from contrastive_rl.config import ConfigError
+
+    buffer = filled_buffer((), chunk_length=SMALL)
+    checkpointer = Checkpointer(tmp_path, buffer, keep=2)
+    for step in (1, 2, 3):
+        filled_buffer([step], buffer, chunk_length=SMALL)
+        checkpointer.save(small_state(step))
+    latest = tmp_path / CHECKPOINT_FILE
+    cut_short = latest.read_bytes()[: latest.stat().st_size // 2]  # a copy cut short
+    latest.write_bytes(cut_short)
+    monkeypatch.chdir(tmp_path)
+    cfg = make_cfg("checkpoint.resume=auto")
+
+    with caplog.at_level("WARNING"):
+        state, path = read_checkpoint(cfg, find_checkpoint(cfg))
+    assert state["step"] == 2 and path == latest
+    [warning] = [message for message in caplog.messages if "cannot be read" in message]
+    assert warning.startswith(f"{latest} cannot be read (checkpoint.pt: ")
+    assert "resuming from checkpoint.1.pt" in warning
+    assert (tmp_path / "checkpoint.pt.unreadable").read_bytes() == cut_short  # kept, not overwritten
+    assert not (tmp_path / "checkpoint.1.pt").exists()
+    restores_from(tmp_path, CHECKPOINT_FILE, [1, 2], chunk_length=SMALL)
+
+    # The resumed run's next save keeps the one it resumed from as its predecessor.
+    resumed = filled_buffer((), chunk_length=SMALL)
+    checkpointer = Checkpointer(tmp_path, resumed, state, keep=2)
+    checkpointer.restore_replay_buffer()
+    filled_buffer([3], resumed, chunk_length=SMALL)
+    checkpointer.save(small_state(3))
+    restores_from(tmp_path, CHECKPOINT_FILE, [1, 2, 3], chunk_length=SMALL)
+    restores_from(tmp_path, "checkpoint.1.pt", [1, 2], chunk_length=SMALL)
+
+    for name in (CHECKPOINT_FILE, "checkpoint.1.pt"):
+        (tmp_path / name).write_bytes(b"not a checkpoint")
+    unreadable = (rf"checkpoint.resume='auto' is not allowed: no checkpoint of {re.escape(str(tmp_path))} "
+                  r"can be read \(checkpoint.pt: .+; checkpoint.1.pt: .+\)")
+    with pytest.raises(ConfigError, match=unreadable):
+        read_checkpoint(cfg, find_checkpoint(cfg))
+    assert (tmp_path / CHECKPOINT_FILE).read_bytes() == b"not a checkpoint"
+
+
+def output_of(result) -> str:
+    return result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_a_run_resumed_from_the_predecessor_of_an_unreadable_checkpoint_equals_the_uninterrupted_one(tmp_path):
+    """A run whose last checkpoint was cut short resumes from the one before, with one line, and ends as
+    the run never interrupted; run again once finished, it says so and exits 0."""
+    run = [*RUN, "collector.total_frames=900"]
+    uninterrupted = subprocess.run(script(*run, f"hydra.run.dir={tmp_path / 'a'}"), capture_output=True, text=True)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+
+    run_dir = tmp_path / "b"
+    first = subprocess.run(script(*RUN, "collector.total_frames=600", f"hydra.run.dir={run_dir}"),
+                           capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert torch.load(run_dir / "checkpoint.1.pt", weights_only=False)["progress"]["collected_frames"] == 300
+    latest = run_dir / CHECKPOINT_FILE
+    latest.write_bytes(latest.read_bytes()[:5000])
+
+    resume = script(*run, "checkpoint.resume=auto", f"hydra.run.dir={run_dir}")
+    resumed = subprocess.run(resume, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Traceback" not in output_of(resumed)
+    [line] = [line for line in output_of(resumed).splitlines() if "cannot be read" in line]
+    assert "resuming from checkpoint.1.pt" in line
+    assert curves(run_dir) == curves(tmp_path / "a")  # bit-exact on CPU
+    assert (run_dir / "checkpoint.pt.unreadable").stat().st_size == 5000
+
+    again = subprocess.run(resume, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"the run in {run_dir} is complete (" in output_of(again)
+    assert "Traceback" not in output_of(again)
+    assert curves(run_dir) == curves(tmp_path / "a")  # nothing trained or logged again
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_a_signal_writes_a_checkpoint_and_names_the_command_that_resumes(tmp_path, signal_name):
+    run_dir = tmp_path / "run"
+    log_file = tmp_path / "output"
+    with open(log_file, "w") as output:
+        process = subprocess.Popen(script(*RUN, "collector.total_frames=50_000", f"hydra.run.dir={run_dir}"),
+                                   stdout=output, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while not list(run_dir.glob("logs/*/scalars/train/loss_critic.csv")) and time.time() < deadline:
+        assert process.poll() is None, log_file.read_text()[-3000:]
+        time.sleep(0.05)
+    process.send_signal(getattr(signal, signal_name))
+    assert process.wait(timeout=120) == 128 + getattr(signal, signal_name)
+    output = log_file.read_text()
+    assert "Traceback" not in output, output[-3000:]
+    [line] = [line for line in output.splitlines() if "stopped by" in line]
+    found = re.search(rf"stopped by {signal_name}: checkpoint of (\d+) gradient updates and (\d+) env steps written "
+                      rf"to {re.escape(str(run_dir))}; resume with: (.+)$", line)
+    assert found, line
+    progress = torch.load(run_dir / CHECKPOINT_FILE, weights_only=False)["progress"]
+    assert (progress["num_updates"], progress["collected_frames"]) == (int(found[1]), int(found[2]))
+    assert 0 < progress["collected_frames"] < 50_000
+
+    # The command it names resumes the run, here to 300 more env steps.
+    words = [word for word in shlex.split(found[3]) if not word.startswith("collector.total_frames=")]
+    assert words[:2] == ["python", str(ROOT / "stable_contrastive_rl.py")]
+    end = progress["collected_frames"] + 300
+    resumed = subprocess.run([sys.executable, *words[1:], f"collector.total_frames={end}"],
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(run_dir / CHECKPOINT_FILE, weights_only=False)["progress"]["collected_frames"] == end

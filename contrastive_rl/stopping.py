@@ -1,0 +1,67 @@
+"""Ending a run on Ctrl-C (SIGINT) or SIGTERM (what Slurm sends before a kill) with a checkpoint of
+where it stands, and the command that resumes it."""
+from __future__ import annotations
+
+import shlex
+import signal
+import sys
+
+import torch
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopOnSignal:
+    """While active, the first SIGINT or SIGTERM asks the run to stop (``requested``) at the end of the
+    update or evaluation under way; a second one ends it at once, as without this handler.
+
+    In a data-parallel run the ranks must stop at the same update: ``agreed()``, at the end of a round
+    of updates, tells every rank whether any of them was signalled."""
+
+    def __init__(self, world_size: int = 1) -> None:
+        self.world_size = world_size
+        self.signal_name: str | None = None
+        self._previous = {}
+
+    def __enter__(self) -> StopOnSignal:
+        for number in SIGNALS:
+            self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+    def _handle(self, number: int, frame) -> None:
+        self.signal_name = signal.Signals(number).name
+        for other in SIGNALS:
+            signal.signal(other, self._previous[other])
+
+    @property
+    def requested(self) -> bool:
+        """Whether this process was signalled; in a data-parallel run the ranks stop on ``agreed()``."""
+        return self.signal_name is not None and self.world_size == 1
+
+    def agreed(self, device) -> bool:
+        if self.world_size == 1:
+            return self.requested
+        flag = torch.tensor([float(self.signal_name is not None)], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item() and self.signal_name is None:
+            self.signal_name = "a signal to another rank"
+        return bool(flag.item())
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's code of a process ended by the signal: 128 + its number."""
+        names = {signal.Signals(number).name: number for number in SIGNALS}
+        return 128 + names.get(self.signal_name, signal.SIGTERM)
+
+
+def resume_command(run_dir, config_name: str, overrides) -> str:
+    """The command line that resumes the run in ``run_dir``: this script, its config and overrides."""
+    kept = [item for item in overrides if not item.startswith(("checkpoint.resume=", "hydra.run.dir="))]
+    config = [] if config_name == "config" else ["--config-name", config_name]
+    words = ["python", sys.argv[0], *config, *kept, "checkpoint.resume=auto",
+             f"hydra.run.dir={run_dir}"]
+    return shlex.join(words)
