@@ -12,6 +12,7 @@ path), kept once reached. Files are written as OGBench's loader reads them: ``<n
 """
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import gymnasium as gym
@@ -21,6 +22,7 @@ from tensordict import TensorDict
 
 from contrastive_rl.config import ConfigError
 from contrastive_rl.manipspace import env_id, is_manipulation_name, is_visual
+from contrastive_rl.nonfinite import first_nonfinite_row
 from contrastive_rl.pixels import GOAL_PIXELS_KEY, PIXELS_KEY
 
 OGBENCH_MAZES = ("pointmaze", "antmaze", "humanoidmaze")
@@ -135,6 +137,7 @@ def load_ogbench_transitions(dataset_name: str, root: Path, *, observation_shape
                 f"{key} not found: no {path}, and downloading it failed ({type(error).__name__}); regenerate "
                 f"it with python make_dataset.py --ogbench {dataset_name} --root {root}"
             ) from None
+    check_finite_npz(path, key)
     try:
         frames = len(observation_shape) == 3
         data = ogbench.utils.load_dataset(str(path), ob_dtype=np.uint8 if frames else np.float32, compact_dataset=False)
@@ -163,6 +166,28 @@ def load_ogbench_transitions(dataset_name: str, root: Path, *, observation_shape
         "action": torch.as_tensor(data["actions"]),
         "next": {"observation": next_observations, "achieved_goal": next_observations, "done": done},
     }, batch_size=[len(observations)])
+
+
+def check_finite_npz(path: Path, key: str) -> None:
+    """Refuse a dataset file holding a NaN or infinity, naming the field and its first bad row. Only its
+    floating-point arrays are read: the headers tell their types, and frames (uint8) stay on disk."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            dtypes = {name.removesuffix(".npy"): _npy_dtype(archive, name) for name in archive.namelist()}
+        arrays = np.load(path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return  # unreadable: ogbench's loader names the reason
+    for field, dtype in dtypes.items():
+        found = first_nonfinite_row(arrays[field]) if np.issubdtype(dtype, np.floating) else None
+        if found:
+            raise ConfigError(f"{key} holds a non-finite value: {path}, field {field!r}, row {found[0]} ({found[1]})")
+
+
+def _npy_dtype(archive: zipfile.ZipFile, name: str) -> np.dtype:
+    with archive.open(name) as member:
+        version = np.lib.format.read_magic(member)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        return read_header(member)[2]
 
 
 def check_regenerable(dataset_name: str) -> None:

@@ -1,8 +1,9 @@
-"""Guard against non-finite losses and gradients before an update is applied."""
+"""Guard against non-finite data at load, and non-finite losses and gradients before an update is applied."""
 from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 from tensordict import TensorDict
 
@@ -25,3 +26,17 @@ def check_finite(loss_td: TensorDict, keys, where: str, on_nonfinite: str) -> bo
         log.warning("%s; batch skipped", message)
         return False
     raise NonFiniteError(message)
+
+
+def first_nonfinite_row(array) -> tuple[int, float] | None:
+    """The first row of ``array`` (indexed along its first axis) holding a NaN or infinity, and that
+    value; None when all are finite (integer and boolean arrays always are)."""
+    array = np.asarray(array)
+    if not np.issubdtype(array.dtype, np.floating) or array.size == 0:
+        return None
+    bad = ~np.isfinite(array.reshape(len(array), -1))
+    rows = np.flatnonzero(bad.any(axis=1))
+    if not len(rows):
+        return None
+    row = int(rows[0])
+    return row, float(array.reshape(len(array), -1)[row][bad[row]][0])

@@ -13,6 +13,7 @@ from tensordict import TensorDict
 
 from contrastive_rl.config import ConfigError
 from contrastive_rl.envs import GOAL_KEY, GOAL_KEYS
+from contrastive_rl.nonfinite import first_nonfinite_row
 from contrastive_rl.pixels import PIXELS_KEY
 from contrastive_rl.locomaze import (
     OGBENCH_DATASET_PREFIX,
@@ -117,6 +118,14 @@ def load_goal_transitions(
                 f"offline.dataset={dataset!r} has no {image_size} x {image_size} images (found "
                 f"{found or 'none'}): write it with make_dataset.py --from-pixels --image-size {image_size}"
             )
+    data_file = base / dataset_id / "data" / "main_data.hdf5"
+    for episode in episodes:
+        fields = {f"observations/{key}": value for key, value in episode.observations.items()}
+        for field, values in {**fields, "actions": episode.actions}.items():
+            found = first_nonfinite_row(values)
+            if found:
+                raise ConfigError(f"offline.dataset={dataset!r} holds a non-finite value: {data_file}, episode "
+                                  f"{episode.id}, field {field!r}, step {found[0]} ({found[1]})")
     return torch.cat([_episode_transitions(episode) for episode in episodes])
 
 

@@ -1,6 +1,7 @@
 """OGBench's mazes: the navigate datasets regenerated here (recipe, layout, oracle), the goal env, the
 loader, the 5-task evaluation protocol, and a run on a regenerated dataset."""
 import math
+import re
 import subprocess
 
 import gymnasium as gym
@@ -222,6 +223,17 @@ def test_bad_ogbench_input_is_named_in_one_line(tmp_path, make_cfg, monkeypatch)
     cfg = make_cfg("offline.dataset=ogbench:pointmaze-large-navigate-v0", f"env.env_name={NAME}")
     with pytest.raises(ConfigError, match="is not allowed with env.env_name='pointmaze-medium-navigate-v0'"):
         load_offline_data(cfg, check_config(cfg))
+
+
+@pytest.mark.parametrize("field,row,value", [("observations", 37, np.nan), ("actions", 5, -np.inf)])
+def test_a_dataset_with_a_non_finite_value_is_refused_naming_file_field_and_row(tmp_path, field, row, value):
+    path = tmp_path / f"{NAME}.npz"
+    data = write_npz(path, observation_dim=2, action_dim=2)
+    data[field][row, 1] = value
+    np.savez(path, **data)
+    with pytest.raises(ConfigError, match=rf"^offline.dataset='ogbench:{NAME}' holds a non-finite value: "
+                                          rf"{re.escape(str(path))}, field '{field}', row {row} \({value}\)$"):
+        load_ogbench_transitions(NAME, tmp_path, observation_shape=(2,), action_dim=2)
 
 
 @pytest.mark.slow

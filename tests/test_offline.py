@@ -1,4 +1,5 @@
 """Offline data: writing Minari datasets, loading them, bad datasets, and training from them."""
+import shutil
 import signal
 import subprocess
 import time
@@ -122,6 +123,29 @@ def test_script_refuses_a_missing_dataset_before_writing_anything(tmp_path):
         "(give an id under offline.root or a dataset directory; make_dataset.py writes one)"
     ]
     assert not (run_dir / "logs").exists()
+
+
+def test_script_refuses_a_dataset_with_a_non_finite_value_in_one_line(tmp_path, maze_dataset):
+    import h5py
+
+    root, _ = maze_dataset
+    copy = tmp_path / "datasets"
+    shutil.copytree(root, copy)
+    data_file = copy / "pointmaze" / "umaze-test-v0" / "data" / "main_data.hdf5"
+    with h5py.File(data_file, "r+") as file:
+        file["episode_2/observations/desired_goal"][7, 0] = np.nan
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        script(*TINY_OVERRIDES, "env.env_name=PointMaze_UMaze-v3", "env.max_steps=30",
+               "offline.dataset=pointmaze/umaze-test-v0", f"offline.root={copy}", f"hydra.run.dir={run_dir}"),
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: offline.dataset='pointmaze/umaze-test-v0' holds a non-finite value: {data_file}, episode 2, "
+        "field 'observations/desired_goal', step 7 (nan)"
+    )
+    assert not (run_dir / "checkpoint.pt").exists()
 
 
 @pytest.mark.slow
