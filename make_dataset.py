@@ -57,12 +57,15 @@ def make_dataset(
     seed: int = 0,
     overwrite: bool = False,
     image_size: int | None = None,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Roll out ``policy`` and write a Minari dataset; return the data policy's success rates.
 
     With ``image_size``, observations also hold the rendered ``pixels`` and ``goal_pixels`` (PointMaze).
+    ``progress``: show a progress bar over the episodes.
     """
     from minari import DataCollector
+    from tqdm import tqdm
 
     env_name = resolve_env_name(env_name)
     target = root / dataset_id
@@ -81,7 +84,7 @@ def make_dataset(
     collector.action_space.seed(seed)
     low, high = env.action_space.low, env.action_space.high
     success_final, success_any = [], []
-    for episode in range(episodes):
+    for episode in tqdm(range(episodes), desc=dataset_id, unit="episodes", disable=not progress):
         observation, _ = collector.reset(seed=seed + episode)
         successes = []
         for _ in range(max_steps):
@@ -183,6 +186,7 @@ def main() -> None:
             args.env, policy=args.policy, episodes=args.episodes or 100, max_steps=args.max_steps or 100,
             dataset_id=args.dataset_id, root=args.root, noise=args.noise, random_prob=args.random_prob,
             seed=args.seed, overwrite=args.overwrite, image_size=args.image_size if args.from_pixels else None,
+            progress=True,
         )
     except (ConfigError, ValueError) as error:
         sys.exit(f"error: {error}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 import torch
+import tqdm
 from tensordict import TensorDict
 from torchrl._utils import timeit
 from torchrl.envs import TransformedEnv
@@ -12,6 +13,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from contrastive_rl.envs import EVAL_SEED_STREAM, stream_seed
 
 log = logging.getLogger(__name__)
+PROGRESS_BAR_STEPS = 10_000  # evaluations of at least this many env steps show a progress bar
 
 
 def episode_metrics(rollout: TensorDict) -> dict[str, float]:
@@ -37,12 +39,18 @@ def episode_metrics(rollout: TensorDict) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluation_rollout(eval_env, actor, max_steps: int, seed: int) -> TensorDict:
+def evaluation_rollout(eval_env, actor, max_steps: int, seed: int, bar: tqdm.tqdm | None = None) -> TensorDict:
     """One episode per eval env on fresh desired goals (drawn from ``seed``), acting with the policy's
-    mode: the ``[num_envs, max_steps]`` rollout."""
+    mode: the ``[num_envs, max_steps]`` rollout. ``bar`` counts its env steps."""
     eval_env.set_seed(seed)
+    episodes = eval_env.batch_size.numel()
+    callback = None if bar is None else (lambda env, tensordict: bar.update(episodes))
     with set_exploration_type(ExplorationType.DETERMINISTIC):
-        return eval_env.rollout(max_steps, actor, auto_cast_to_device=True, break_when_any_done=False)
+        rollout = eval_env.rollout(max_steps, actor, auto_cast_to_device=True, break_when_any_done=False,
+                                   callback=callback)
+    if bar is not None:
+        bar.update(episodes)  # rollout calls back after every step but the last
+    return rollout
 
 
 def record_video(video_env: TransformedEnv, actor, max_steps: int, seed: int, step: int) -> TensorDict:
@@ -63,8 +71,11 @@ def evaluate_and_record(cfg, eval_envs: dict, video_env, actor, step: int, progr
     (``eval/overall_success``, the figure OGBench reports) and the other metrics averaged over tasks;
     ``value_maps`` (``contrastive_rl.value_maps.ValueMaps``) then draws each task's value map."""
     seed = stream_seed(cfg.env.seed, EVAL_SEED_STREAM, step)
-    with timeit("eval"):
-        rollouts = {task: evaluation_rollout(env, actor, cfg.env.max_steps, seed) for task, env in eval_envs.items()}
+    env_steps = sum(env.batch_size.numel() for env in eval_envs.values()) * cfg.env.max_steps
+    with timeit("eval"), tqdm.tqdm(total=env_steps, desc=f"evaluation at step {step}", unit="env steps",
+                                   leave=False, disable=env_steps < PROGRESS_BAR_STEPS) as bar:
+        rollouts = {task: evaluation_rollout(env, actor, cfg.env.max_steps, seed, bar)
+                    for task, env in eval_envs.items()}
         per_task = {task: episode_metrics(rollout) for task, rollout in rollouts.items()}
     if value_maps is not None:
         with timeit("value maps"):

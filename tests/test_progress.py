@@ -64,3 +64,49 @@ def test_rate_line_after_the_first_timed_updates(make_cfg, caplog, hidden_dim, n
     message = record.getMessage()
     assert "s per update: about" in message and "(96 updates, 500 env steps)" in message
     assert ("--config-name config_quick" in message) is names_quick_preset
+
+
+def test_a_long_evaluation_shows_a_bar_over_its_env_steps(make_cfg, monkeypatch):
+    import types
+
+    import tqdm
+
+    from conftest import build_agent, check_config
+    from contrastive_rl import evaluation
+    from utils import make_eval_environments
+
+    bars = []
+
+    class RecordedBar(tqdm.tqdm):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.record = {key: kwargs[key] for key in ("desc", "total", "unit", "disable")} | {"counted": 0}
+            bars.append(self.record)
+
+        def update(self, n=1):
+            self.record["counted"] += n
+            return super().update(n)
+
+    monkeypatch.setattr(evaluation, "tqdm", types.SimpleNamespace(tqdm=RecordedBar))
+    cfg = make_cfg("model.hidden_dim=32", "model.num_layers=2", "logger.num_eval_episodes=3", "env.max_steps=10")
+    eval_envs = make_eval_environments(cfg, check_config(cfg))
+    actor, _ = build_agent(cfg, eval_envs[None])
+    progress = RunProgress.start(cfg)
+    evaluation.evaluate_and_record(cfg, eval_envs, None, actor, 0, progress)
+    monkeypatch.setattr(evaluation, "PROGRESS_BAR_STEPS", 30)
+    metrics = evaluation.evaluate_and_record(cfg, eval_envs, None, actor, 500, progress)
+    # 3 episodes x 10 steps: below the default threshold no bar shows; at it, the bar counts every env step.
+    assert bars == [
+        {"desc": "evaluation at step 0", "total": 30, "unit": "env steps", "disable": True, "counted": 30},
+        {"desc": "evaluation at step 500", "total": 30, "unit": "env steps", "disable": False, "counted": 30},
+    ]
+    assert 0 <= metrics["eval/success_final"] <= 1
+
+
+def test_dataset_generation_shows_a_bar_over_its_episodes(tmp_path, capsys):
+    from make_dataset import make_dataset
+
+    make_dataset("PointMaze_UMaze-v3", policy="scripted", episodes=4, max_steps=10, dataset_id="pointmaze/bar-v0",
+                 root=tmp_path, progress=True)
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    assert any(line.startswith("pointmaze/bar-v0: 100%") and "4/4" in line and "episodes/s" in line for line in bar), bar
