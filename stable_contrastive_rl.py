@@ -81,9 +81,10 @@ def main(cfg: "DictConfig"):  # noqa: F821
     close_run(run)
     if stopped:
         if run.is_main:
-            log.info("stopped by %s: checkpoint of %d gradient updates and %d env steps written to %s; resume with: %s",
-                     stop.signal_name, progress.num_updates, progress.collected_frames, Path.cwd(),
-                     resume_command(Path.cwd(), HydraConfig.get().job.config_name, HydraConfig.get().overrides.task))
+            resume = ("a data-parallel run does not resume" if world_size > 1 else "resume with: " + resume_command(
+                Path.cwd(), HydraConfig.get().job.config_name, HydraConfig.get().overrides.task))
+            log.info("stopped by %s: checkpoint of %d gradient updates and %d env steps written to %s; %s",
+                     stop.signal_name, progress.num_updates, progress.collected_frames, Path.cwd(), resume)
         sys.exit(stop.exit_code)
 
 
