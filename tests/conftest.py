@@ -86,7 +86,7 @@ def rendering_unavailable() -> str:
 
     register_goal_envs()
     error = rendering_error("PointMaze_UMaze-v3")
-    return f"no offscreen MuJoCo rendering ({error}); see the README's Images section" if error else ""
+    return f"no offscreen MuJoCo rendering ({error}); see docs/running.md, Videos of evaluation episodes" if error else ""
 
 
 needs_rendering = pytest.mark.skipif(bool(rendering_unavailable()), reason=rendering_unavailable() or "rendering works")

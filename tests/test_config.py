@@ -39,14 +39,6 @@ def test_defaults_equal_the_seed_table(make_cfg):
     assert cfg.logger.backend in ("wandb", "tensorboard", "csv", "")
 
 
-def test_every_config_key_is_in_the_readme(make_cfg):
-    readme = (ROOT / "README.md").read_text()
-    cfg = make_cfg()
-    keys = [f"{group}.{key}" for group, node in cfg.items() if hasattr(node, "items") for key in node]
-    missing = [key for key in keys if f"`{key}`" not in readme]
-    assert not missing
-
-
 def test_valid_config_resolves_env(make_cfg):
     assert check_config(make_cfg()) == "FetchReach-v4"
     assert check_config(make_cfg("env.env_name=PointMaze_UMaze-v3")) == "PointMaze_UMaze-v3"
