@@ -9,7 +9,7 @@ networks and optimizer: first, then again after 10k more transitions. ``segments
 checkpoint (the transitions added since the previous one); ``dump`` is TorchRL's buffer dump of the
 whole preallocated storage, which checkpoints used before. Each save deletes what it replaces only at
 its end, so the disk holds the previous checkpoint and the new bytes at once: peak extra disk during a
-save is the bytes it writes.
+save is the bytes it writes. Prints a table and writes it as JSON (``--output``).
 """
 from __future__ import annotations
 
@@ -21,12 +21,14 @@ import time
 from pathlib import Path
 
 import torch
+import tqdm
 from hydra import compose, initialize_config_dir
 from tensordict import TensorDict
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.reporting import RESULTS, say, write_json  # noqa: E402
 from benchmarks.update_throughput import FetchReachSpecs  # noqa: E402
 from contrastive_rl.checkpoint import Checkpointer  # noqa: E402
 from contrastive_rl.envs import DataKeys  # noqa: E402
@@ -123,24 +125,32 @@ def main() -> None:
     parser.add_argument("--capacity", type=int, default=1_000_000, help="buffer.size")
     parser.add_argument("--method", choices=("segments", "dump"), nargs="+", default=["dump", "segments"])
     parser.add_argument("--scratch", type=Path, default=None, help="where the checkpoints are written")
+    parser.add_argument("--output", type=Path, default=RESULTS / "checkpoint_cost.json", help="the table as JSON")
     args = parser.parse_args()
 
     state = network_state()
+    weights_mb = sum(t.numel() * t.element_size() for t in state["loss_module"].values()) / 2**20
     cases = [(stored, 0) for stored in args.stored] + ([(args.pixels, 48)] if args.pixels else [])
+    measurements = [(stored, image_size, method) for stored, image_size in cases for method in args.method]
     scratch = Path(tempfile.mkdtemp(dir=args.scratch))
-    print(f"buffer.size {args.capacity:,}; networks and optimizer: config_quick "
-          f"({sum(t.numel() * t.element_size() for t in state['loss_module'].values()) / 2**20:.1f} MB of weights)")
+    print(f"buffer.size {args.capacity:,}; networks and optimizer: config_quick ({weights_mb:.1f} MB of weights)")
     print(f"{'method':>9} | {'stored':>14} | {'checkpoint':>12} | {'MB written (= peak extra disk)':>31} | {'s':>6}")
     print("-" * 86)
+    rows = []
     try:
-        for stored, image_size in cases:
+        for stored, image_size, method in tqdm.tqdm(measurements, desc="checkpoint cost", unit="measurement"):
             kind = f"{stored:,} {'48 px' if image_size else 'state'}"
-            for method in args.method:
-                for which, written, seconds in measure(method, stored, image_size, args.capacity, state, scratch):
-                    print(f"{method:>9} | {kind:>14} | {which:>12} | {written / 2**20:>31.1f} | {seconds:>6.2f}",
-                          flush=True)
+            for which, written, seconds in measure(method, stored, image_size, args.capacity, state, scratch):
+                say(f"{method:>9} | {kind:>14} | {which:>12} | {written / 2**20:>31.1f} | {seconds:>6.2f}")
+                rows.append({"method": method, "stored": stored, "transitions": "48 px" if image_size else "state",
+                             "checkpoint": which, "mb_written": written / 2**20, "seconds": seconds})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    where = write_json(args.output, {
+        "buffer_size": args.capacity, "networks": "config_quick", "weights_mb": weights_mb,
+        "torch": torch.__version__, "rows": rows,
+    })
+    print(f"wrote {where} (the table above as JSON)")
 
 
 if __name__ == "__main__":

@@ -7,14 +7,16 @@ torch.rand, ``mlp`` is a config_quick-sized policy network (2 x 256, LayerNorm) 
 and goal to an action. The raw path calls gymnasium's step and that function in a plain loop, over
 one env or, for several, gymnasium's own SyncVectorEnv; the TorchRL path is what training runs:
 ``collector.num_envs`` envs in one in-process gymnasium vector env with the project's wrapper,
-transforms and success reader, stepped by TorchRL's Collector with the function as its policy. Steps/s count env steps (``envs`` of them per collector step). The overhead
-column is the raw loop's steps/s over the collector's, medians over ``--repeats`` runs each, the two
-paths alternating.
+transforms and success reader, stepped by TorchRL's Collector with the function as its policy.
+Steps/s count env steps (``envs`` of them per collector step). The overhead column is the raw loop's
+steps/s over the collector's, medians over ``--repeats`` runs each, the two paths alternating. Prints a
+table and writes it as JSON (``--output``).
 """
 from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
 import sys
 import time
@@ -23,6 +25,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
+import tqdm
 from tensordict.nn import TensorDictModule
 from torch import nn
 from torchrl.collectors import Collector
@@ -31,6 +34,7 @@ from torchrl.modules import MLP
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.reporting import RESULTS, say, write_json  # noqa: E402
 from contrastive_rl.envs import (  # noqa: E402
     apply_env_transforms,
     gym_env_factory,
@@ -138,6 +142,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output", type=Path, default=RESULTS / "collection_speed.json", help="the table as JSON")
     args = parser.parse_args()
     torch.set_num_threads(1)
     skip_missing_pandas_lookups()  # as the training script does
@@ -156,11 +161,20 @@ def main() -> None:
     ]
     print(f"{'env':<20} {'images':>7} {'policy':>8} {'envs':>5} {'raw steps/s':>12} {'TorchRL steps/s':>16} "
           f"{'overhead':>9}")
-    for env_name, max_steps, image_size, policy_kind, num_envs in cases:
+    rows = []
+    for case in tqdm.tqdm(cases, desc="collection speed", unit="case"):
+        env_name, max_steps, image_size, policy_kind, num_envs = case
         raw, wrapped = compare(env_name, max_steps, image_size, policy_kind, num_envs, args.steps, args.repeats)
         images = f"{image_size}px" if image_size else "-"
-        print(f"{env_name:<20} {images:>7} {policy_kind:>8} {num_envs:>5} {raw:>12.0f} {wrapped:>16.0f} "
-              f"{raw / wrapped:>8.2f}x")
+        say(f"{env_name:<20} {images:>7} {policy_kind:>8} {num_envs:>5} {raw:>12.0f} {wrapped:>16.0f} "
+            f"{raw / wrapped:>8.2f}x")
+        rows.append({"env": env_name, "image_size": image_size, "policy": policy_kind, "envs": num_envs,
+                     "raw_steps_per_s": raw, "torchrl_steps_per_s": wrapped, "overhead": raw / wrapped})
+    where = write_json(args.output, {
+        "cores": os.cpu_count(), "torch_threads": 1, "torch": torch.__version__, "steps": args.steps,
+        "repeats": args.repeats, "rows": rows,
+    })
+    print(f"wrote {where} (the table above as JSON)")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 Every run has the same global configuration (``config_quick`` on FetchReach unless overridden): the same
 global batch, frames and number of updates, split over the processes. The machine's cores are split
 evenly between the processes (OMP_NUM_THREADS). Prints one row per process count with the ratio to one
-process.
+process, and writes the table as JSON (``--output``).
 """
 from __future__ import annotations
 
@@ -17,8 +17,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from learning_curve import ROOT, read_scalar  # noqa: E402
+import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.learning_curve import ROOT, read_scalar  # noqa: E402
+from benchmarks.reporting import RESULTS, write_json  # noqa: E402
 
 
 def run(processes: int, frames: int, overrides: list[str], run_dir: Path) -> dict[str, float]:
@@ -44,24 +47,34 @@ def main() -> None:
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--frames", type=int, default=6000)
     parser.add_argument("--repeats", type=int, default=1, help="runs per process count; the median is shown")
+    parser.add_argument("--output", type=Path, default=RESULTS / "data_parallel.json", help="the table as JSON")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, after --")
     args = parser.parse_args()
 
-    rows = {}
+    runs = {}
+    jobs = [(repeat, processes) for repeat in range(args.repeats) for processes in args.processes]
     with tempfile.TemporaryDirectory() as tmp:
-        for repeat in range(args.repeats):
-            for processes in args.processes:
-                result = run(processes, args.frames, args.overrides, Path(tmp) / f"p{processes}_r{repeat}")
-                rows.setdefault(processes, []).append(result)
+        for repeat, processes in tqdm.tqdm(jobs, desc="training runs", unit="run"):
+            result = run(processes, args.frames, args.overrides, Path(tmp) / f"p{processes}_r{repeat}")
+            runs.setdefault(processes, []).append(result)
     print(f"{os.cpu_count()} cores, {args.frames} global frames, overrides: {' '.join(args.overrides) or '-'}")
     print(f"{'processes':>9} {'updates':>8} {'updates/s':>10} {'frames/s':>9} {'wall s':>7} {'ratio updates/s':>16}")
     base = None
-    for processes, results in rows.items():
+    rows = []
+    for processes, results in runs.items():
         median = {key: sorted(r[key] for r in results)[len(results) // 2] for key in results[0]}
         base = base or median["updates_per_second"]
         print(f"{processes:>9} {median['num_updates']:>8.0f} {median['updates_per_second']:>10.1f} "
               f"{median['frames_per_second']:>9.1f} {median['elapsed_seconds']:>7.1f} "
               f"{median['updates_per_second'] / base:>16.2f}")
+        rows.append({"processes": processes, "updates": int(median["num_updates"]),
+                     "updates_per_s": median["updates_per_second"], "frames_per_s": median["frames_per_second"],
+                     "wall_s": median["elapsed_seconds"], "updates_per_s_ratio": median["updates_per_second"] / base})
+    where = write_json(args.output, {
+        "cores": os.cpu_count(), "global_frames": args.frames, "repeats": args.repeats, "overrides": args.overrides,
+        "rows": rows,
+    })
+    print(f"wrote {where} (the table above as JSON)")
 
 
 if __name__ == "__main__":

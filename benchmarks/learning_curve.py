@@ -6,7 +6,7 @@
 
 Runs the training script once per seed (``--parallel`` at a time, the cores split between them), prints a
 table of the evaluation success rate (deterministic policy, fresh desired goals) per seed with the
-wall-clock it took, and saves both curves as a PNG.
+wall-clock it took, and saves both curves as a PNG (``--output``), named on the last line.
 """
 from __future__ import annotations
 
@@ -16,15 +16,19 @@ import os
 import subprocess
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import matplotlib
+import tqdm
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.reporting import RESULTS, shown  # noqa: E402
 
 
 def read_scalar(run_dir: Path, name: str) -> dict[int, float]:
@@ -55,10 +59,12 @@ def train(seed: int, config: str, overrides: list[str], run_dir: Path, threads: 
 def run_seeds(seeds: list[int], config: str, overrides: list[str], parallel: int) -> dict[int, dict]:
     threads = max(1, (os.cpu_count() or 1) // parallel)
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(parallel) as pool:
-        results = pool.map(
-            lambda seed: train(seed, config, overrides, Path(tmp) / f"seed_{seed}", threads), seeds
-        )
-        return dict(zip(seeds, results))
+        runs = {seed: pool.submit(train, seed, config, overrides, Path(tmp) / f"seed_{seed}", threads)
+                for seed in seeds}
+        with tqdm.tqdm(total=len(seeds), desc="training runs", unit="run") as bar:
+            for _ in as_completed(runs.values()):
+                bar.update()
+        return {seed: run.result() for seed, run in runs.items()}
 
 
 def report(runs: dict[int, dict], *, title: str, x_label: str, output: Path, baseline: dict | None = None) -> None:
@@ -108,7 +114,7 @@ def report(runs: dict[int, dict], *, title: str, x_label: str, output: Path, bas
     figure.tight_layout()
     output.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(output, dpi=100)
-    print(f"saved {output}")
+    print(f"wrote {shown(output)} (success against {x_label} and wall-clock, per seed)")
 
 
 def main() -> None:
@@ -133,7 +139,7 @@ def main() -> None:
         runs,
         title=f"{args.env}, {args.config} {' '.join(args.overrides)}",
         x_label="env steps",
-        output=args.output or ROOT / "benchmarks" / "results" / f"{args.env}.png",
+        output=args.output or RESULTS / f"{args.env}.png",
     )
 
 

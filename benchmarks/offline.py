@@ -4,7 +4,8 @@
 
 Writes a PointMaze_UMaze dataset with make_dataset.py's noisy scripted controller (Gaussian action
 noise and random actions, so the data mixes good and poor behaviour), trains offline from it at the
-CPU-sized config, and prints success rate against gradient steps beside the data policy's own success.
+CPU-sized config, and prints success rate against gradient steps beside the data policy's own success;
+the curves go to a PNG (``--output``), named on the last line.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.learning_curve import report, run_seeds  # noqa: E402
+from benchmarks.reporting import RESULTS  # noqa: E402
 from make_dataset import make_dataset  # noqa: E402
 
 
@@ -33,7 +35,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--config", default="config_quick")
     parser.add_argument("--parallel", type=int, default=2)
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "offline_PointMaze_UMaze.png")
+    parser.add_argument("--output", type=Path, default=RESULTS / "offline_PointMaze_UMaze.png")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, after --")
     args = parser.parse_args()
 
@@ -41,6 +43,7 @@ def main() -> None:
         baseline = make_dataset(
             args.env, policy="scripted", episodes=args.episodes, max_steps=args.max_steps,
             dataset_id="benchmark/noisy-v0", root=Path(root), noise=args.noise, random_prob=args.random_prob,
+            progress=True,
         )
         overrides = [
             f"env.env_name={args.env}", f"env.max_steps={args.max_steps}",

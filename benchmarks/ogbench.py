@@ -15,8 +15,9 @@ stopped benchmark continues where it was), prints the
 overall and per-task success (OGBench's 5 evaluation tasks) per seed and step with the wall-clock and
 updates/s, beside OGBench's published success (8 seeds, 1M gradient steps, 5 x 50 episodes),
 and saves a PNG of the curves and, with ``--value-maps``, each run's final value map per task
-(``logger.value_maps``). ``--scale cpu`` narrows every recipe (2 x 256 units, latent 64, batch 256: the
-size OGBench's JAX CRL was run beside) to what a CPU trains in minutes; ``paper`` keeps each recipe's own.
+(``logger.value_maps``); its last line names what it wrote. ``--scale cpu`` narrows every recipe (2 x
+256 units, latent 64, batch 256: the size OGBench's JAX CRL was run beside) to what a CPU trains in
+minutes; ``paper`` keeps each recipe's own.
 A dataset name with an episode tag (``visual-cube-single-play-10ep-v0``) trains on that smaller file
 of the same env; every run evaluates with OGBench's episode length of its env.
 """
@@ -30,10 +31,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import matplotlib
+import tqdm
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -43,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)
 
 from benchmarks.learning_curve import read_scalar  # noqa: E402
+from benchmarks.reporting import RESULTS, say, shown  # noqa: E402
 from contrastive_rl.locomaze import (  # noqa: E402
     NUM_TASKS,
     OGBENCH_ROOT,
@@ -100,7 +103,7 @@ def ensure_dataset(name: str, root: Path) -> None:
         return
     if name in REGENERABLE_DATASETS:
         print(f"regenerating {name} under {root}", flush=True)
-        write_locomaze_dataset(name, root)
+        write_locomaze_dataset(name, root, progress=True)
     elif is_manipulation_name(name):
         print(f"regenerating {name} under {root}", flush=True)
         write_manipulation_dataset(full_dataset_name(name), root, episodes=subset_episodes(name), progress=True)
@@ -127,7 +130,7 @@ def kept_run(recipe: str, name: str, seed: int, args, threads: int, tmp: Path) -
     if path.is_file():
         kept = json.loads(path.read_text())
         if kept.get("settings") == settings:
-            print(f"kept: {recipe} {name} seed {seed} ({path})", flush=True)
+            say(f"kept: {recipe} {name} seed {seed} ({path})")
             return {key: {int(step): value for step, value in series.items()} if isinstance(series, dict) else series
                     for key, series in kept["run"].items()}
     run = train(recipe, name, seed, args, tmp / f"{recipe}_{name}_{seed}", threads)
@@ -168,7 +171,7 @@ def train(recipe: str, name: str, seed: int, args, run_dir: Path, threads: int) 
         run[f"task{task}"] = read_scalar(run_dir, f"eval/task{task}_success")
     if args.value_maps:
         keep_final_value_maps(run_dir, args.steps, args.output.parent / "value_maps" / f"{recipe}_{name}_seed{seed}")
-    print(f"done: {recipe} {name} seed {seed}, {run['elapsed'][max(run['elapsed'])]:.0f} s", flush=True)
+    say(f"done: {recipe} {name} seed {seed}, {run['elapsed'][max(run['elapsed'])]:.0f} s")
     return run
 
 
@@ -184,10 +187,13 @@ def run_all(args) -> dict:
     jobs = [(recipe, name, seed) for seed, recipe, name in itertools.product(args.seeds, args.recipes, args.datasets)]
     threads = max(1, (os.cpu_count() or 1) // args.parallel)
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.parallel) as pool:
-        runs = pool.map(lambda job: kept_run(*job, args, threads, Path(tmp)), jobs)
+        runs = [pool.submit(kept_run, *job, args, threads, Path(tmp)) for job in jobs]
+        with tqdm.tqdm(total=len(jobs), desc="offline runs", unit="run") as bar:
+            for _ in as_completed(runs):
+                bar.update()
         results = {}
         for (recipe, name, seed), run in zip(jobs, runs):
-            results.setdefault(recipe, {}).setdefault(name, {})[seed] = run
+            results.setdefault(recipe, {}).setdefault(name, {})[seed] = run.result()
         return results
 
 
@@ -241,7 +247,6 @@ def plot(results: dict, args) -> None:
     figure.tight_layout()
     args.output.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(args.output, dpi=100)
-    print(f"saved {args.output}")
 
 
 def main() -> None:
@@ -258,14 +263,14 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2, help="runs trained at once")
     parser.add_argument("--output", type=Path, help="the PNG of the curves (default: results/ogbench_<suite>.png)")
     parser.add_argument("--save", type=Path, help="also write every figure as JSON")
-    parser.add_argument("--runs", type=Path, default=ROOT / "benchmarks" / "results" / "ogbench_runs",
+    parser.add_argument("--runs", type=Path, default=RESULTS / "ogbench_runs",
                         help="where each finished run's figures are kept, and found again")
     parser.add_argument("--value-maps", action="store_true",
                         help="save each run's value maps of its last evaluation beside --output")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run, after --")
     args = parser.parse_args()
     args.datasets = args.datasets or SUITES[args.suite]
-    args.output = args.output or ROOT / "benchmarks" / "results" / f"ogbench_{args.suite}.png"
+    args.output = args.output or RESULTS / f"ogbench_{args.suite}.png"
     for recipe, name in itertools.product(args.recipes, args.datasets):
         recipe_config(recipe, name)
     for name in args.datasets:
@@ -275,6 +280,13 @@ def main() -> None:
         args.save.write_text(json.dumps(results))
     report(results, args)
     plot(results, args)
+    written = [f"{shown(args.output)} (the curves)"]
+    if args.save:
+        written.append(f"{shown(args.save)} (every figure as JSON)")
+    if args.value_maps:
+        written.append(f"the final value maps under {shown(args.output.parent / 'value_maps')}")
+    listed = written[0] if len(written) == 1 else f"{', '.join(written[:-1])} and {written[-1]}"
+    print(f"wrote {listed}; each run's figures are kept under {shown(args.runs)}")
 
 
 if __name__ == "__main__":

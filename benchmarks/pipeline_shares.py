@@ -9,6 +9,8 @@
    against one update at the paper size, same machine, same run.
 3. Env stepping through the project's TorchRL env and collector against raw gymnasium, FetchReach,
    the same uniform random actions (see collection_speed.py).
+
+Prints the three and writes them as JSON (``--output``).
 """
 from __future__ import annotations
 
@@ -22,12 +24,14 @@ from functools import partial
 from pathlib import Path
 
 import torch
+import tqdm
 from tensordict import TensorDict
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.collection_speed import compare  # noqa: E402
+from benchmarks.reporting import RESULTS, say, write_json  # noqa: E402
 from benchmarks.update_throughput import load_cfg, median_ms, project_update, random_batch  # noqa: E402
 from contrastive_rl.envs import register_goal_envs  # noqa: E402
 from contrastive_rl.replay import FutureGoalReplayBuffer  # noqa: E402
@@ -72,24 +76,42 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output", type=Path, default=RESULTS / "pipeline_shares.json", help="the figures as JSON")
     args = parser.parse_args()
+    env_counts = (1, 4)
 
-    shares = run_shares(args.frames)
-    print(f"1. shares of a config_quick FetchReach run of {args.frames} env steps ({os.cpu_count()} cores)")
-    for name, share in sorted(shares.items(), key=lambda item: -item[1]):
-        print(f"   {name:<12} {share:6.1%}")
+    # One training run, the sampling against update timing, then one collector comparison per env count.
+    with tqdm.tqdm(total=2 + len(env_counts), desc="pipeline shares", unit="measurement") as bar:
+        shares = dict(sorted(run_shares(args.frames).items(), key=lambda item: -item[1]))
+        bar.update()
+        say(f"1. shares of a config_quick FetchReach run of {args.frames} env steps ({os.cpu_count()} cores)")
+        for name, share in shares.items():
+            say(f"   {name:<12} {share:6.1%}")
 
-    keep_freed_heap_memory()  # as the training script does
-    sample_ms, update_ms = sampling_against_update(args.repeats)
-    print(f"2. goal sampling, batch 2048 from 100k transitions: {sample_ms:.2f} ms; paper-size update "
-          f"{update_ms:.0f} ms; sampling / update = {sample_ms / update_ms:.2%}")
+        keep_freed_heap_memory()  # as the training script does
+        sample_ms, update_ms = sampling_against_update(args.repeats)
+        bar.update()
+        say(f"2. goal sampling, batch 2048 from 100k transitions: {sample_ms:.2f} ms; paper-size update "
+            f"{update_ms:.0f} ms; sampling / update = {sample_ms / update_ms:.2%}")
 
-    register_goal_envs()
-    skip_missing_pandas_lookups()  # as the training script does
-    for num_envs in (1, 4):
-        raw, wrapped = compare("FetchReach-v4", 50, None, "uniform", num_envs, 2000, args.repeats)
-        print(f"3. FetchReach steps/s, uniform random actions: raw gymnasium {raw:.0f} (one env), the project's "
-              f"{num_envs} env(s) through TorchRL's Collector {wrapped:.0f}; overhead {raw / wrapped:.2f}x")
+        register_goal_envs()
+        skip_missing_pandas_lookups()  # as the training script does
+        stepping = []
+        for num_envs in env_counts:
+            raw, wrapped = compare("FetchReach-v4", 50, None, "uniform", num_envs, 2000, args.repeats)
+            bar.update()
+            say(f"3. FetchReach steps/s, uniform random actions: raw gymnasium {raw:.0f} (one env), the project's "
+                f"{num_envs} env(s) through TorchRL's Collector {wrapped:.0f}; overhead {raw / wrapped:.2f}x")
+            stepping.append({"envs": num_envs, "raw_steps_per_s": raw, "torchrl_steps_per_s": wrapped,
+                             "overhead": raw / wrapped})
+    where = write_json(args.output, {
+        "cores": os.cpu_count(), "torch": torch.__version__, "frames": args.frames, "repeats": args.repeats,
+        "time_shares": shares,
+        "goal_sampling": {"batch": 2048, "stored": 100_000, "sample_ms": sample_ms, "paper_update_ms": update_ms,
+                          "sample_over_update": sample_ms / update_ms},
+        "env_stepping": {"env": "FetchReach-v4", "actions": "uniform", "steps": 2000, "rows": stepping},
+    })
+    print(f"wrote {where} (the figures above as JSON)")
 
 
 if __name__ == "__main__":

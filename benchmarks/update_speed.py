@@ -16,12 +16,11 @@ The modes of a size are timed in alternation, round after round, and each figure
 rounds. With ``--alongside``, a second command (another implementation, pinned to another core) is
 started as this size's timing starts, rounds go on until it has finished, and when it prints a line
 ``UPDATES_PER_S <rate>`` the ratio of each mode's rate to that rate is printed: both measured over the
-same stretch of time on the same machine.
+same stretch of time on the same machine. The rows are also written as JSON (``--json``).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shlex
 import statistics
@@ -31,11 +30,13 @@ import time
 from pathlib import Path
 
 import torch
+import tqdm
 from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)  # instead of benchmarks/, whose ogbench.py would shadow the ogbench package
 
+from benchmarks.reporting import RESULTS, say, write_json  # noqa: E402
 from contrastive_rl.envs import DataKeys, env_maker, resolve_goal_env  # noqa: E402
 from contrastive_rl.locomaze import OGBENCH_ROOT, write_locomaze_dataset  # noqa: E402
 from contrastive_rl.offline import load_offline_data  # noqa: E402
@@ -123,7 +124,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20, help="untimed updates per mode (compilation included)")
     parser.add_argument("--alongside", default="",
                         help="a command run side by side, per size; {batch} {hidden} {layers} {latent} are filled in")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--json", type=Path, default=RESULTS / "update_speed.json", help="the rows as JSON")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -134,7 +135,7 @@ def main() -> None:
         print(f"skipped on {device.type}: {', '.join(sorted(set(args.modes) - set(modes)))} (CUDA only)")
     if not (args.root / f"{args.dataset}.npz").is_file():
         print(f"regenerating {args.dataset} under {args.root}")
-        write_locomaze_dataset(args.dataset, args.root)
+        write_locomaze_dataset(args.dataset, args.root, progress=True)
     with initialize_config_dir(config_dir=str(ROOT), version_base="1.1"):
         data_cfg = compose(config_name="config_ogbench_crl",
                            overrides=[f"env.env_name={args.dataset}", f"offline.root={args.root}"])
@@ -143,7 +144,7 @@ def main() -> None:
     print(f"{args.preset} on {args.dataset}, {len(offline_data):,} transitions; torch {torch.__version__} on {name}")
 
     results = []
-    for size in args.sizes:
+    for size in tqdm.tqdm(args.sizes, desc="update speed", unit="size"):
         batch, hidden, layers, latent = SIZES[size]
         updates = args.updates or max(2, 16384 // batch)
         steps, compile_seconds = {}, {}
@@ -168,7 +169,7 @@ def main() -> None:
             found = REFERENCE_RATE.findall(output)
             reference_rate = float(found[-1]) if found else None
             if reference_rate is None:
-                print(f"  the command alongside printed no UPDATES_PER_S line; its output ends:\n{output[-2000:]}")
+                say(f"  the command alongside printed no UPDATES_PER_S line; its output ends:\n{output[-2000:]}")
         for mode in modes:
             ms = statistics.median(times[mode])
             row = {"size": size, "batch": batch, "hidden": f"{layers} x {hidden}", "latent": latent, "mode": mode,
@@ -177,12 +178,10 @@ def main() -> None:
             results.append(row)
             ratio = f"  {row['updates_per_s'] / reference_rate:5.2f}x the command alongside ({reference_rate:.1f}/s)" \
                 if reference_rate else ""
-            print(f"{size:<7} batch {batch:>4}  {layers} x {hidden:<4} latent {latent:<4} {mode:<10} "
-                  f"{ms:8.2f} ms/update {1000 / ms:8.1f} updates/s  ({len(times[mode])} rounds of {updates}, "
-                  f"warm-up {compile_seconds[mode]:.0f} s){ratio}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
-        print(f"wrote {args.json}")
+            say(f"{size:<7} batch {batch:>4}  {layers} x {hidden:<4} latent {latent:<4} {mode:<10} "
+                f"{ms:8.2f} ms/update {1000 / ms:8.1f} updates/s  ({len(times[mode])} rounds of {updates}, "
+                f"warm-up {compile_seconds[mode]:.0f} s){ratio}")
+    print(f"wrote {write_json(args.json, results)} (the rows above as JSON)")
 
 
 if __name__ == "__main__":

@@ -12,11 +12,13 @@ with its weight gradients computed and dropped, three optimizers), and a careful
 the critic's weights for the actor's pass. With ``--compile`` it also times the update with its loss
 and backward torch.compile'd (as ``compile.compile=true``), compile time included. Each row times its
 candidates in alternation, round after round, so that a slow spell of the machine hits them all; the
-figures are medians over rounds. GPU rows are skipped on a machine without CUDA.
+figures are medians over rounds. GPU rows are skipped on a machine without CUDA. The table is also
+written as JSON (``--output``).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import tqdm
 from hydra import compose, initialize_config_dir
 from tensordict import TensorDict
 from torch import nn
@@ -33,6 +36,7 @@ from torchrl.data import Bounded, Composite, Unbounded
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.reporting import RESULTS, say, write_json  # noqa: E402
 from contrastive_rl.envs import DataKeys  # noqa: E402
 from contrastive_rl.runtime import keep_freed_heap_memory  # noqa: E402
 from utils import make_agent, make_loss_module, make_optimizer  # noqa: E402
@@ -199,6 +203,7 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd update")
     parser.add_argument("--sizes", nargs="+", choices=("paper", "quick"), default=["paper", "quick"])
+    parser.add_argument("--output", type=Path, default=RESULTS / "update_throughput.json", help="the table as JSON")
     args = parser.parse_args()
     keep_freed_heap_memory()  # as the training script does
     devices = [torch.device("cpu")]
@@ -210,15 +215,17 @@ def main() -> None:
         "paper": [],
         "quick": ["model.hidden_dim=256", "model.num_layers=2", "buffer.batch_size=256"],
     }
+    rows = []
+    bar = tqdm.tqdm(total=len(devices) * len(args.sizes) * 2, desc="update throughput", unit="row")
     for device in devices:
-        print(f"\n{device.type}: torch {torch.__version__}, {torch.get_num_threads()} threads, float32; "
-              f"roofline = matmul 2048x1024x1024, timed in each row")
+        say(f"\n{device.type}: torch {torch.__version__}, {torch.get_num_threads()} threads, float32; "
+            f"roofline = matmul 2048x1024x1024, timed in each row")
         header = (f"{'size':<6} {'twin':<5} {'ms/update':>10} {'GFLOP/update':>13} {'GFLOP/s':>8} "
                   f"{'roofline':>8} {'/roofline':>9} {'naive ms':>9} {'naive/ours':>10} "
                   f"{'frozen ms':>9} {'frozen/ours':>11}")
         if args.compile:
             header += f" {'compiled ms':>11} {'compile s':>9} {'naive/compiled':>14}"
-        print(header)
+        say(header)
         for size in args.sizes:
             for twin in (True, False):
                 cfg = load_cfg([*sizes[size], f"model.twin_critics={twin}"])
@@ -244,10 +251,25 @@ def main() -> None:
                 row = (f"{size:<6} {str(twin):<5} {ms['ours']:>10.1f} {gflop:>13.1f} {achieved:>8.0f} "
                        f"{roofline:>8.0f} {achieved / roofline:>9.2f} {ms['naive']:>9.1f} "
                        f"{ms['naive'] / ms['ours']:>10.2f} {ms['frozen']:>9.1f} {ms['frozen'] / ms['ours']:>11.2f}")
+                figures = {"device": device.type, "size": size, "twin_critics": twin, "ms_per_update": ms["ours"],
+                           "gflop_per_update": gflop, "gflop_per_s": achieved, "roofline_gflop_per_s": roofline,
+                           "share_of_roofline": achieved / roofline, "naive_ms": ms["naive"],
+                           "naive_over_ours": ms["naive"] / ms["ours"], "frozen_ms": ms["frozen"],
+                           "frozen_over_ours": ms["frozen"] / ms["ours"]}
                 if args.compile:
                     row += (f" {ms['compiled']:>11.1f} {compile_seconds:>9.0f} "
                             f"{ms['naive'] / ms['compiled']:>14.2f}")
-                print(row)
+                    figures.update(compiled_ms=ms["compiled"], compile_s=compile_seconds,
+                                   naive_over_compiled=ms["naive"] / ms["compiled"])
+                say(row)
+                rows.append(figures)
+                bar.update()
+    bar.close()
+    where = write_json(args.output, {
+        "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__, "dtype": "float32",
+        "roofline": "matmul 2048x1024x1024", "repeats": args.repeats, "updates": args.updates, "rows": rows,
+    })
+    print(f"wrote {where} (the table above as JSON)")
 
 
 if __name__ == "__main__":
