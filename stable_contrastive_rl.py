@@ -38,7 +38,7 @@ from contrastive_rl.nonfinite import NonFiniteError
 from contrastive_rl.offline import load_offline_data
 from contrastive_rl.progress import ProgressBar, RunProgress, describe_plan, planned_updates
 from contrastive_rl.runtime import tune_runtime
-from contrastive_rl.stopping import StopOnSignal, resume_command
+from contrastive_rl.stopping import StopOnSignal, exit_quietly_on_interrupt, resume_command
 from contrastive_rl.update import GradientUpdate, set_matmul_precision
 from utils import (
     make_agent,
@@ -61,31 +61,28 @@ log = logging.getLogger(__name__)
 @hydra.main(version_base="1.1", config_path="", config_name="config")
 def main(cfg: "DictConfig"):  # noqa: F821
     # Under torchrun, one process per device; rank 0 alone logs, evaluates and checkpoints.
-    rank, world_size = init_distributed()
-    env_name, offline_data, checkpoint = read_inputs(cfg, world_size)
-    progress = RunProgress.start(cfg)
-    if checkpoint:
-        progress.load_state_dict(checkpoint["progress"])
-        if progress.is_complete(cfg):
-            log.info("the run in %s is complete (%d gradient updates, %d env steps): nothing left to train",
-                     Path.cwd(), progress.num_updates, progress.collected_frames)
-            return
-    run = build_run(cfg, rank, world_size, env_name, offline_data, checkpoint, progress)
-    if run.is_main:
-        log.info(describe_plan(cfg, run.device, run.total_updates))
-
-    with StopOnSignal(world_size) as stop:
-        stopped = bool(run.offline_steps) and train_offline(run, stop)
-        if not stopped and trains_online(cfg):
-            stopped = train_online(run, stop)
-    close_run(run)
-    if stopped:
+    with exit_quietly_on_interrupt():
+        rank, world_size = init_distributed()
+        env_name, offline_data, checkpoint = read_inputs(cfg, world_size)
+        progress = RunProgress.start(cfg)
+        if checkpoint:
+            progress.load_state_dict(checkpoint["progress"])
+            if progress.is_complete(cfg):
+                log.info("the run in %s is complete (%d gradient updates, %d env steps): nothing left to train",
+                         Path.cwd(), progress.num_updates, progress.collected_frames)
+                return
+        run = build_run(cfg, rank, world_size, env_name, offline_data, checkpoint, progress)
         if run.is_main:
-            resume = ("a data-parallel run does not resume" if world_size > 1 else "resume with: " + resume_command(
-                Path.cwd(), HydraConfig.get().job.config_name, HydraConfig.get().overrides.task))
-            log.info("stopped by %s: checkpoint of %d gradient updates and %d env steps written to %s; %s",
-                     stop.signal_name, progress.num_updates, progress.collected_frames, Path.cwd(), resume)
-        sys.exit(stop.exit_code)
+            log.info(describe_plan(cfg, run.device, run.total_updates))
+
+        with StopOnSignal(world_size) as stop:
+            stopped = bool(run.offline_steps) and train_offline(run, stop)
+            if not stopped and trains_online(cfg):
+                stopped = train_online(run, stop)
+        close_run(run)
+        if stopped:
+            report_stop(run, stop)
+            sys.exit(stop.exit_code)
 
 
 def read_inputs(cfg, world_size: int):
@@ -311,6 +308,16 @@ def save_checkpoint(run: Run) -> None:
             })
         except CheckpointError as error:
             raise SystemExit(f"error: {error}") from None
+
+
+def report_stop(run: Run, stop: StopOnSignal) -> None:
+    """One line: the signal, the checkpoint written and the command that resumes the run."""
+    if not run.is_main:
+        return
+    resume = "a data-parallel run does not resume" if run.world_size > 1 else "resume with: " + resume_command(
+        Path.cwd(), HydraConfig.get().job.config_name, HydraConfig.get().overrides.task)
+    log.info("stopped by %s: checkpoint of %d gradient updates and %d env steps written to %s; %s",
+             stop.signal_name, run.progress.num_updates, run.progress.collected_frames, Path.cwd(), resume)
 
 
 def close_run(run: Run) -> None:

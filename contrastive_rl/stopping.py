@@ -2,6 +2,8 @@
 where it stands, and the command that resumes it."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import shlex
 import signal
 import sys
@@ -9,11 +11,24 @@ import sys
 import torch
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def exit_quietly_on_interrupt():
+    """A Ctrl-C that ``StopOnSignal`` does not take (during the set-up, or a second one) ends the run
+    with one line instead of a traceback, and the shell's code for SIGINT."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the exit's own clean-up is not interrupted again
+        log.info("stopped by SIGINT at once: nothing written since the last checkpoint")
+        sys.exit(128 + signal.SIGINT)
 
 
 class StopOnSignal:
     """While active, the first SIGINT or SIGTERM asks the run to stop (``requested``) at the end of the
-    update or evaluation under way; a second one ends it at once, as without this handler.
+    update or evaluation under way; a second one ends it at once (``exit_quietly_on_interrupt``).
 
     In a data-parallel run the ranks must stop at the same update: ``agreed()``, at the end of a round
     of updates, tells every rank whether any of them was signalled."""

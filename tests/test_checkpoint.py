@@ -702,3 +702,27 @@ def test_a_signal_writes_a_checkpoint_and_names_the_command_that_resumes(tmp_pat
                              capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert torch.load(run_dir / CHECKPOINT_FILE, weights_only=False)["progress"]["collected_frames"] == end
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["set-up", "second-ctrl-c"])
+def test_a_ctrl_c_in_the_set_up_or_a_second_one_ends_the_run_in_one_line(tmp_path, moment):
+    run_dir = tmp_path / "run"
+    log_file = tmp_path / "output"
+    with open(log_file, "w") as output:
+        process = subprocess.Popen(script(*RUN, "collector.total_frames=50_000", f"hydra.run.dir={run_dir}"),
+                                   stdout=output, stderr=subprocess.STDOUT)
+    started = ((lambda: (run_dir / ".hydra" / "config.yaml").exists()) if moment == "set-up"  # inside main()
+               else (lambda: bool(list(run_dir.glob("logs/*/scalars/train/loss_critic.csv")))))
+    deadline = time.time() + 300
+    while not started() and time.time() < deadline:
+        assert process.poll() is None, log_file.read_text()[-3000:]
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    if moment == "second-ctrl-c":
+        time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=120) == 130
+    output = log_file.read_text()
+    assert "Traceback" not in output, output[-3000:]
+    assert "stopped by SIGINT" in output
