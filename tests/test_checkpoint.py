@@ -670,18 +670,28 @@ def test_a_run_resumed_from_the_predecessor_of_an_unreadable_checkpoint_equals_t
     assert curves(run_dir) == curves(tmp_path / "a")  # nothing trained or logged again
 
 
+def start_long_run(run_dir: Path, log_file: Path, started) -> subprocess.Popen:
+    """A training run of 50k env steps, its output in ``log_file``, returned once ``started()`` holds."""
+    with open(log_file, "w") as output:
+        process = subprocess.Popen(script(*RUN, "collector.total_frames=50_000", f"hydra.run.dir={run_dir}"),
+                                   stdout=output, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while not started() and time.time() < deadline:
+        assert process.poll() is None, log_file.read_text()[-3000:]
+        time.sleep(0.01)
+    return process
+
+
+def training_started(run_dir: Path):
+    return lambda: bool(list(run_dir.glob("logs/*/scalars/train/loss_critic.csv")))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
 def test_a_signal_writes_a_checkpoint_and_names_the_command_that_resumes(tmp_path, signal_name):
     run_dir = tmp_path / "run"
     log_file = tmp_path / "output"
-    with open(log_file, "w") as output:
-        process = subprocess.Popen(script(*RUN, "collector.total_frames=50_000", f"hydra.run.dir={run_dir}"),
-                                   stdout=output, stderr=subprocess.STDOUT)
-    deadline = time.time() + 300
-    while not list(run_dir.glob("logs/*/scalars/train/loss_critic.csv")) and time.time() < deadline:
-        assert process.poll() is None, log_file.read_text()[-3000:]
-        time.sleep(0.05)
+    process = start_long_run(run_dir, log_file, training_started(run_dir))
     process.send_signal(getattr(signal, signal_name))
     assert process.wait(timeout=120) == 128 + getattr(signal, signal_name)
     output = log_file.read_text()
@@ -709,15 +719,8 @@ def test_a_signal_writes_a_checkpoint_and_names_the_command_that_resumes(tmp_pat
 def test_a_ctrl_c_in_the_set_up_or_a_second_one_ends_the_run_in_one_line(tmp_path, moment):
     run_dir = tmp_path / "run"
     log_file = tmp_path / "output"
-    with open(log_file, "w") as output:
-        process = subprocess.Popen(script(*RUN, "collector.total_frames=50_000", f"hydra.run.dir={run_dir}"),
-                                   stdout=output, stderr=subprocess.STDOUT)
-    started = ((lambda: (run_dir / ".hydra" / "config.yaml").exists()) if moment == "set-up"  # inside main()
-               else (lambda: bool(list(run_dir.glob("logs/*/scalars/train/loss_critic.csv")))))
-    deadline = time.time() + 300
-    while not started() and time.time() < deadline:
-        assert process.poll() is None, log_file.read_text()[-3000:]
-        time.sleep(0.01)
+    in_main = lambda: (run_dir / ".hydra" / "config.yaml").exists()  # noqa: E731  (hydra writes it, then calls main)
+    process = start_long_run(run_dir, log_file, in_main if moment == "set-up" else training_started(run_dir))
     process.send_signal(signal.SIGINT)
     if moment == "second-ctrl-c":
         time.sleep(0.05)
