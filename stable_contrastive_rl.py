@@ -61,28 +61,27 @@ log = logging.getLogger(__name__)
 @hydra.main(version_base="1.1", config_path="", config_name="config")
 def main(cfg: "DictConfig"):  # noqa: F821
     # Under torchrun, one process per device; rank 0 alone logs, evaluates and checkpoints.
-    with exit_quietly_on_interrupt():
-        rank, world_size = init_distributed()
-        env_name, offline_data, checkpoint = read_inputs(cfg, world_size)
-        progress = RunProgress.start(cfg)
-        if checkpoint:
-            progress.load_state_dict(checkpoint["progress"])
-            if progress.is_complete(cfg):
-                log.info("the run in %s is complete (%d gradient updates, %d env steps): nothing left to train",
-                         Path.cwd(), progress.num_updates, progress.collected_frames)
-                return
-        run = build_run(cfg, rank, world_size, env_name, offline_data, checkpoint, progress)
-        if run.is_main:
-            log.info(describe_plan(cfg, run.device, run.total_updates))
+    rank, world_size = init_distributed()
+    env_name, offline_data, checkpoint = read_inputs(cfg, world_size)
+    progress = RunProgress.start(cfg)
+    if checkpoint:
+        progress.load_state_dict(checkpoint["progress"])
+        if progress.is_complete(cfg):
+            log.info("the run in %s is complete (%d gradient updates, %d env steps): nothing left to train",
+                     Path.cwd(), progress.num_updates, progress.collected_frames)
+            return
+    run = build_run(cfg, rank, world_size, env_name, offline_data, checkpoint, progress)
+    if run.is_main:
+        log.info(describe_plan(cfg, run.device, run.total_updates))
 
-        with StopOnSignal(world_size) as stop:
-            stopped = bool(run.offline_steps) and train_offline(run, stop)
-            if not stopped and trains_online(cfg):
-                stopped = train_online(run, stop)
-        close_run(run)
-        if stopped:
-            report_stop(run, stop)
-            sys.exit(stop.exit_code)
+    with StopOnSignal(world_size) as stop:
+        stopped = bool(run.offline_steps) and train_offline(run, stop)
+        if not stopped and trains_online(cfg):
+            stopped = train_online(run, stop)
+    close_run(run)
+    if stopped:
+        report_stop(run, stop)
+        sys.exit(stop.exit_code)
 
 
 def read_inputs(cfg, world_size: int):
@@ -333,4 +332,5 @@ def close_run(run: Run) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with exit_quietly_on_interrupt():  # also around Hydra's own set-up of the run
+        main()

@@ -3,7 +3,6 @@ where it stands, and the command that resumes it."""
 from __future__ import annotations
 
 import contextlib
-import logging
 import shlex
 import signal
 import sys
@@ -11,7 +10,6 @@ import sys
 import torch
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
-log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -22,7 +20,7 @@ def exit_quietly_on_interrupt():
         yield
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the exit's own clean-up is not interrupted again
-        log.info("stopped by SIGINT at once: nothing written since the last checkpoint")
+        print("stopped by SIGINT at once: nothing written since the last checkpoint", file=sys.stderr)
         sys.exit(128 + signal.SIGINT)
 
 
