@@ -1,8 +1,11 @@
 """Data-parallel training: a 2 x (B/2) step equals a 1 x B step; the script runs under torchrun."""
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 from unittest.mock import patch
 
 import pytest
@@ -116,3 +119,28 @@ def test_bad_data_parallel_config_is_named(make_cfg, override, pattern):
 
     with pytest.raises(ConfigError, match=pattern):
         validate_config(make_cfg(*TINY_OVERRIDES, override), world_size=2)
+
+
+@pytest.mark.slow
+def test_a_sigterm_to_torchrun_stops_every_rank_together_with_rank_zero_checkpointing(tmp_path):
+    """torchrun passes the SIGTERM to its workers: they stop at the same round, rank 0 writes the
+    checkpoint and says that a data-parallel run does not resume."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(ROOT / "stable_contrastive_rl.py"),
+         *TINY_OVERRIDES, "collector.total_frames=50_000", "optim.utd_ratio=0.2", f"hydra.run.dir={tmp_path}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    deadline = time.time() + 300
+    while not list(tmp_path.glob("logs/*/scalars/train/loss_critic.csv")) and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=300)
+    [line] = [line for line in output.splitlines() if "stopped by" in line]  # rank 0 alone reports
+    found = re.search(r"stopped by SIGTERM: checkpoint of (\d+) gradient updates and (\d+) env steps written to "
+                      rf"{re.escape(str(tmp_path))}; a data-parallel run does not resume$", line)
+    assert found, line
+    progress = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["progress"]
+    assert (progress["num_updates"], progress["collected_frames"]) == (int(found[1]), int(found[2]))
+    assert 0 < progress["collected_frames"] < 50_000
+    # torchrun's agent reports the signal with a traceback of its own; none comes from the training script.
+    assert 'stable_contrastive_rl.py", line' not in output, output[-3000:]
