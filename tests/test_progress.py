@@ -103,10 +103,17 @@ def test_a_long_evaluation_shows_a_bar_over_its_env_steps(make_cfg, monkeypatch)
     assert 0 <= metrics["eval/success_final"] <= 1
 
 
-def test_dataset_generation_shows_a_bar_over_its_episodes(tmp_path, capsys):
+@pytest.mark.parametrize("mode", ["minari", "ogbench-pointmaze"])
+def test_dataset_generation_shows_a_bar_over_its_episodes(tmp_path, capsys, mode):
+    from contrastive_rl.locomaze import write_locomaze_dataset
     from make_dataset import make_dataset
 
-    make_dataset("PointMaze_UMaze-v3", policy="scripted", episodes=4, max_steps=10, dataset_id="pointmaze/bar-v0",
-                 root=tmp_path, progress=True)
+    if mode == "minari":
+        make_dataset("PointMaze_UMaze-v3", policy="scripted", episodes=4, max_steps=10, dataset_id="pointmaze/bar-v0",
+                     root=tmp_path, progress=True)
+        label = "pointmaze/bar-v0"
+    else:
+        write_locomaze_dataset("pointmaze-medium-navigate-v0", tmp_path, episodes=4, steps=11, progress=True)
+        label = "pointmaze-medium-navigate-v0 train"
     bar = capsys.readouterr().err.replace("\r", "\n").splitlines()
-    assert any(line.startswith("pointmaze/bar-v0: 100%") and "4/4" in line and "episodes/s" in line for line in bar), bar
+    assert any(line.startswith(f"{label}: 100%") and "4/4" in line and "episodes/s" in line for line in bar), bar
