@@ -49,6 +49,8 @@ class StopOnSignal:
         self.signal_name = signal.Signals(number).name
         for other in SIGNALS:
             signal.signal(other, self._previous[other])
+        sys.stderr.write(f"\n{self.signal_name} received: the run stops after the update or evaluation under way, "
+                         "with a checkpoint (Ctrl-C again: at once, without one)\n")
 
     @property
     def requested(self) -> bool:

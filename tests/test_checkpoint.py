@@ -696,6 +696,7 @@ def test_a_signal_writes_a_checkpoint_and_names_the_command_that_resumes(tmp_pat
     assert process.wait(timeout=120) == 128 + getattr(signal, signal_name)
     output = log_file.read_text()
     assert "Traceback" not in output, output[-3000:]
+    assert f"{signal_name} received: the run stops after the update or evaluation under way" in output
     [line] = [line for line in output.splitlines() if "stopped by" in line]
     found = re.search(rf"stopped by {signal_name}: checkpoint of (\d+) gradient updates and (\d+) env steps written "
                       rf"to {re.escape(str(run_dir))}; resume with: (.+)$", line)
