@@ -36,7 +36,7 @@ from contrastive_rl.envs import DataKeys, resolve_goal_env
 from contrastive_rl.evaluation import evaluate_and_record, log_metrics, report_time_shares, train_episode_metrics
 from contrastive_rl.nonfinite import NonFiniteError
 from contrastive_rl.offline import load_offline_data
-from contrastive_rl.progress import ProgressBar, RunProgress, describe_plan, planned_updates
+from contrastive_rl.progress import ProgressBar, RunProgress, describe_plan, offline_steps, planned_updates
 from contrastive_rl.runtime import tune_runtime
 from contrastive_rl.stopping import StopOnSignal, exit_quietly_on_interrupt, resume_command
 from contrastive_rl.update import GradientUpdate, set_matmul_precision
@@ -159,7 +159,7 @@ def build_run(cfg, rank: int, world_size: int, env_name: str, offline_data, chec
     value_maps = make_value_maps(cfg, env_name, loss_module, actor, logger) if is_main else None
     return Run(cfg, rank_cfg, env_name, world_size, is_main, device, keys, progress, exp_name, logger, eval_envs,
                video_env, actor, loss_module, optimizer, replay_buffer, augment, checkpointer, gradient_update,
-               value_maps, offline_steps=cfg.offline.gradient_steps if offline_data is not None else 0,
+               value_maps, offline_steps=offline_steps(cfg),
                total_updates=planned_updates(cfg), start_time=time.perf_counter())
 
 

@@ -18,6 +18,11 @@ REFRESH_SECONDS = 0.5
 TIMED_UPDATES = 3  # updates timed before the rate is told
 
 
+def offline_steps(cfg) -> int:
+    """The gradient steps of the offline phase: none without a dataset."""
+    return cfg.offline.gradient_steps if cfg.offline.dataset else 0
+
+
 def rng_state() -> dict:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
 
@@ -73,9 +78,8 @@ class RunProgress:
 
     def is_complete(self, cfg) -> bool:
         """Whether the run of ``cfg`` has nothing left to train."""
-        offline_steps = cfg.offline.gradient_steps if cfg.offline.dataset else 0
         online_left = trains_online(cfg) and self.collected_frames < cfg.collector.total_frames
-        return self.num_updates >= offline_steps and not online_left
+        return self.num_updates >= offline_steps(cfg) and not online_left
 
     def rates(self, elapsed_seconds: float) -> dict[str, float]:
         return {
@@ -107,7 +111,7 @@ class RunProgress:
 def planned_updates(cfg) -> int:
     """Gradient updates the whole run makes: the offline steps, then ``optim.utd_ratio`` per frame
     collected after ``collector.init_random_frames``, counted as the training loop credits them."""
-    total = cfg.offline.gradient_steps if cfg.offline.dataset else 0
+    total = offline_steps(cfg)
     if trains_online(cfg):
         counter = RunProgress(next_eval=0, next_checkpoint=0, next_offline_checkpoint=0)
         frames_per_batch = cfg.collector.frames_per_batch
