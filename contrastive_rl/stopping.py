@@ -33,7 +33,8 @@ class StopOnSignal:
 
     def __init__(self, world_size: int = 1) -> None:
         self.world_size = world_size
-        self.signal_name: str | None = None
+        self.received: signal.Signals | None = None
+        self.by_another_rank = False
         self._previous = {}
 
     def __enter__(self) -> StopOnSignal:
@@ -46,31 +47,34 @@ class StopOnSignal:
             signal.signal(number, handler)
 
     def _handle(self, number: int, frame) -> None:
-        self.signal_name = signal.Signals(number).name
+        self.received = signal.Signals(number)
         for other in SIGNALS:
             signal.signal(other, self._previous[other])
-        sys.stderr.write(f"\n{self.signal_name} received: the run stops after the update or evaluation under way, "
+        sys.stderr.write(f"\n{self.received.name} received: the run stops after the update or evaluation under way, "
                          "with a checkpoint (Ctrl-C again: at once, without one)\n")
 
     @property
     def requested(self) -> bool:
         """Whether this process was signalled; in a data-parallel run the ranks stop on ``agreed()``."""
-        return self.signal_name is not None and self.world_size == 1
+        return self.received is not None and self.world_size == 1
 
     def agreed(self, device) -> bool:
         if self.world_size == 1:
             return self.requested
-        flag = torch.tensor([float(self.signal_name is not None)], device=device)
+        flag = torch.tensor([float(self.received is not None)], device=device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        if flag.item() and self.signal_name is None:
-            self.signal_name = "a signal to another rank"
-        return bool(flag.item())
+        stop = bool(flag.item())
+        self.by_another_rank = stop and self.received is None
+        return stop
+
+    @property
+    def signal_name(self) -> str:
+        return "a signal to another rank" if self.by_another_rank else self.received.name
 
     @property
     def exit_code(self) -> int:
         """The shell's code of a process ended by the signal: 128 + its number."""
-        names = {signal.Signals(number).name: number for number in SIGNALS}
-        return 128 + names.get(self.signal_name, signal.SIGTERM)
+        return 128 + (self.received or signal.SIGTERM)
 
 
 def resume_command(run_dir, config_name: str, overrides) -> str:
