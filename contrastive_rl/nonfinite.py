@@ -34,9 +34,10 @@ def first_nonfinite_row(array) -> tuple[int, float] | None:
     array = np.asarray(array)
     if not np.issubdtype(array.dtype, np.floating) or array.size == 0:
         return None
-    bad = ~np.isfinite(array.reshape(len(array), -1))
-    rows = np.flatnonzero(bad.any(axis=1))
-    if not len(rows):
+    rows = array.reshape(len(array), -1)
+    bad = ~np.isfinite(rows)
+    bad_rows = np.flatnonzero(bad.any(axis=1))
+    if not len(bad_rows):
         return None
-    row = int(rows[0])
-    return row, float(array.reshape(len(array), -1)[row][bad[row]][0])
+    row = int(bad_rows[0])
+    return row, float(rows[row][bad[row]][0])
