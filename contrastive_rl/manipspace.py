@@ -319,9 +319,14 @@ def dataset_paths(root: Path, name: str) -> dict[str, Path]:
     return {"train": root / f"{name}.npz", "val": root / f"{name}-val.npz"}
 
 
+def generated_name(dataset_name: str, episodes: int | None) -> str:
+    """The name a generation of ``episodes`` training episodes (default: the recipe's) writes."""
+    return subset_name(full_dataset_name(dataset_name), episodes or TRAINING_EPISODES)
+
+
 def parts_dir(root: Path, dataset_name: str, episodes: int | None) -> Path:
     """Where the chunks of a generation or a rendering live until its files are written."""
-    return root / f"{subset_name(full_dataset_name(dataset_name), episodes or TRAINING_EPISODES)}.parts"
+    return root / f"{generated_name(dataset_name, episodes)}.parts"
 
 
 def write_manipulation_dataset(dataset_name: str, root: Path, episodes: int | None = None, seed: int = 0,
@@ -335,7 +340,7 @@ def write_manipulation_dataset(dataset_name: str, root: Path, episodes: int | No
     if is_visual(dataset_name):
         return write_visual_dataset(dataset_name, root, episodes, seed, workers, progress, image_size)
     episodes = episodes or TRAINING_EPISODES
-    name = subset_name(full_dataset_name(dataset_name), episodes)
+    name = generated_name(dataset_name, episodes)
     total = episodes + max(episodes // 10, 1)
     parts = parts_dir(root, dataset_name, episodes)
     parts.mkdir(parents=True, exist_ok=True)
@@ -358,10 +363,10 @@ def write_visual_dataset(dataset_name: str, root: Path, episodes: int | None, se
                          progress: bool, image_size: int) -> dict[str, Path]:
     """The state dataset's files with every observation rendered (see ``FrameRenderer``)."""
     state_name = state_dataset_name(dataset_name)
-    sources = dataset_paths(root, subset_name(full_dataset_name(state_name), episodes or TRAINING_EPISODES))
+    sources = dataset_paths(root, generated_name(state_name, episodes))
     if not all(path.is_file() for path in sources.values()):
         write_manipulation_dataset(state_name, root, episodes, seed, workers, progress)
-    name = subset_name(full_dataset_name(dataset_name), episodes or TRAINING_EPISODES)
+    name = generated_name(dataset_name, episodes)
     parts = parts_dir(root, dataset_name, episodes)
     parts.mkdir(parents=True, exist_ok=True)
     jobs, paths = [], {kind: [] for kind in sources}
