@@ -39,7 +39,7 @@ from contrastive_rl.offline import load_offline_data
 from contrastive_rl.progress import ProgressBar, RunProgress, describe_plan, offline_steps, planned_updates
 from contrastive_rl.runtime import tune_runtime
 from contrastive_rl.stopping import StopOnSignal, exit_quietly_on_interrupt, resume_command
-from contrastive_rl.update import GradientUpdate, set_matmul_precision
+from contrastive_rl.update import GradientUpdate, SpeedPlan, set_matmul_precision
 from utils import (
     make_agent,
     make_augmentation,
@@ -72,7 +72,7 @@ def main(cfg: "DictConfig"):  # noqa: F821
             return
     run = build_run(cfg, rank, world_size, env_name, offline_data, checkpoint, progress)
     if run.is_main:
-        log.info(describe_plan(cfg, run.device, run.total_updates))
+        log.info(describe_plan(cfg, run.device, run.total_updates, run.gradient_update.plan))
 
     with StopOnSignal(world_size) as stop:
         stopped = bool(run.offline_steps) and train_offline(run, stop)
@@ -131,8 +131,10 @@ def build_run(cfg, rank: int, world_size: int, env_name: str, offline_data, chec
     rank_cfg = rank_config(cfg, rank, world_size)
     device = get_device(cfg)
     keys = DataKeys.from_config(cfg)
+    total_updates = planned_updates(cfg)
+    speed_plan = SpeedPlan.resolve(cfg, device, total_updates, world_size)
     tune_runtime()
-    set_matmul_precision(cfg)
+    set_matmul_precision(speed_plan)
     torch.manual_seed(rank_cfg.env.seed)
     np.random.seed(rank_cfg.env.seed)
     is_main = rank == 0
@@ -155,12 +157,12 @@ def build_run(cfg, rank: int, world_size: int, env_name: str, offline_data, chec
         loss_module.load_state_dict(checkpoint["loss_module"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         checkpointer.restore_replay_buffer()
-    gradient_update = GradientUpdate(cfg, loss_module, optimizer, target_updater, device, world_size)
+    gradient_update = GradientUpdate(cfg, loss_module, optimizer, target_updater, device, world_size, speed_plan)
     value_maps = make_value_maps(cfg, env_name, loss_module, actor, logger) if is_main else None
     return Run(cfg, rank_cfg, env_name, world_size, is_main, device, keys, progress, exp_name, logger, eval_envs,
                video_env, actor, loss_module, optimizer, replay_buffer, augment, checkpointer, gradient_update,
-               value_maps, offline_steps=offline_steps(cfg),
-               total_updates=planned_updates(cfg), start_time=time.perf_counter())
+               value_maps, offline_steps=offline_steps(cfg), total_updates=total_updates,
+               start_time=time.perf_counter())
 
 
 def train_offline(run: Run, stop: StopOnSignal) -> bool:
@@ -169,7 +171,8 @@ def train_offline(run: Run, stop: StopOnSignal) -> bool:
     if progress.collected_frames == 0:  # a checkpoint of the offline phase: its random state goes on here
         progress.restore_rng()
     log_every = min(cfg.offline.eval_interval, 1000)
-    with ProgressBar(cfg, run.device, run.total_updates, total=run.offline_steps, initial=progress.num_updates,
+    with ProgressBar(cfg, run.device, run.total_updates, run.gradient_update.plan.warmup_updates,
+                     total=run.offline_steps, initial=progress.num_updates,
                      unit="updates", disable=not run.is_main) as pbar:
         while progress.num_updates < run.offline_steps:
             to_next_eval = cfg.offline.eval_interval - progress.num_updates % cfg.offline.eval_interval
@@ -200,7 +203,8 @@ def train_online(run: Run, stop: StopOnSignal) -> bool:
     progress.restore_rng()
     restart_episodes(run.rank_cfg, collector, progress.collected_frames)
     stopped = False
-    with ProgressBar(cfg, run.device, run.total_updates, total=cfg.collector.total_frames,
+    with ProgressBar(cfg, run.device, run.total_updates, run.gradient_update.plan.warmup_updates,
+                     total=cfg.collector.total_frames,
                      initial=progress.collected_frames, unit="frames", disable=not run.is_main) as pbar:
         collector_iter = iter(collector)
         for _ in range(len(collector)):
@@ -245,14 +249,13 @@ def train_online(run: Run, stop: StopOnSignal) -> bool:
 
 def update(run: Run, num_updates: int, where: str, pbar: ProgressBar, stop: StopOnSignal) -> dict[str, float]:
     """``num_updates`` updates on sampled batches, fewer if a signal asks to stop; their mean losses and
-    diagnostics."""
+    diagnostics, read from the device once at the end."""
     cfg, progress = run.cfg, run.progress
     frames_left = cfg.collector.total_frames - progress.collected_frames if trains_online(cfg) else 0
     seconds_per_frame = timeit.todict(percall=False).get("collect", 0.0) / max(progress.collected_frames, 1)
     pbar.start_round(progress.num_updates, frames_left, seconds_per_frame)
-    losses = []
-    done = 0
-    for index in range(num_updates):
+    loss_tds = []
+    for _ in range(num_updates):
         if stop.requested:
             break
         with timeit("rb - sample"):
@@ -260,21 +263,17 @@ def update(run: Run, num_updates: int, where: str, pbar: ProgressBar, stop: Stop
             if run.augment is not None:
                 batch = run.augment(batch)
         with timeit("update"):
-            try:
-                loss_td = run.gradient_update(batch, f"update {index + 1} of {num_updates} {where}")
-            except NonFiniteError as error:
-                raise SystemExit(f"error: {error}; run stopped before applying it") from None
-        if loss_td is None:
-            progress.skipped_updates += 1
-        else:
-            losses.append(loss_td.select(*run.loss_module.out_keys))
-        done += 1
-        pbar.updated(progress.num_updates + done)
-    progress.num_updates += done
+            loss_tds.append(run.gradient_update(batch))
+        pbar.updated(progress.num_updates + len(loss_tds))
+    progress.num_updates += len(loss_tds)
+    try:
+        mean, skipped = run.gradient_update.summarize(loss_tds, lambda i: f"update {i + 1} of {num_updates} {where}")
+    except NonFiniteError as error:
+        raise SystemExit(f"error: {error}; run stopped before applying it") from None
+    progress.skipped_updates += skipped
     metrics = {"train/skipped_updates": progress.skipped_updates}
-    if losses:
-        mean = torch.stack(losses).mean()
-        metrics.update({f"train/{key}": mean[key].item() for key in mean.keys()})
+    if mean is not None:
+        metrics.update({f"train/{key}": mean[key].item() for key in run.loss_module.out_keys})
     return metrics
 
 

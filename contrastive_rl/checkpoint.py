@@ -26,7 +26,8 @@ CHECKPOINT_FILE = "checkpoint.pt"
 SEGMENT_PREFIX = "replay_segment_"
 LINK_FILE = "checkpoint.1.link"  # the latest's second name, renamed to its predecessor's
 # Config entries that may change between a run and its resumption.
-RESUMABLE_KEYS = ("checkpoint.", "collector.total_frames", "logger.backend", "logger.mode", "device")
+RESUMABLE_KEYS = ("checkpoint.", "collector.total_frames", "logger.backend", "logger.mode", "device", "compile.",
+                  "precision.tf32")
 
 
 def flat_config(cfg) -> dict:

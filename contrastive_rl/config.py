@@ -96,6 +96,7 @@ POSITIVE = Rule("real", 0, low_open=True)
 NON_NEGATIVE = Rule("real", 0)
 UNIT_INTERVAL = Rule("real", 0, 1)
 BOOLEAN = Rule("boolean")
+AUTO_BOOLEAN = Rule("boolean", also=("auto",), allowed="it must be true, false or auto")
 STRING = Rule("string")
 
 # Every key of config.yaml and what it accepts; a key missing here is refused as unknown.
@@ -171,10 +172,10 @@ RULES = {
     "checkpoint.interval": NON_NEGATIVE_INTEGER,
     "checkpoint.resume": STRING,
     "checkpoint.keep": POSITIVE_INTEGER,
-    "compile.compile": BOOLEAN,
+    "compile.compile": AUTO_BOOLEAN,
     "compile.compile_mode": Rule("choice", choices=COMPILE_MODES, also=(None,)),
-    "compile.cudagraphs": BOOLEAN,
-    "precision.tf32": BOOLEAN,
+    "compile.cudagraphs": AUTO_BOOLEAN,
+    "precision.tf32": AUTO_BOOLEAN,
     "precision.autocast": Rule("choice", choices=tuple(AUTOCAST_DTYPES)),
     "device": STRING,
 }
@@ -308,7 +309,7 @@ def _check_combinations(cfg) -> None:
             "videos go to the logger (wandb, tensorboard, csv)"
         )
     device = get_device(cfg)
-    if cfg.compile.cudagraphs and device.type != "cuda":
+    if cfg.compile.cudagraphs is True and device.type != "cuda":
         raise ConfigError(f"compile.cudagraphs=true is not allowed on device {str(device)!r}: CUDA graphs need a GPU")
 
 
@@ -328,7 +329,7 @@ def _check_data_parallel(cfg, world_size: int) -> None:
             f"checkpoint.resume={cfg.checkpoint.resume!r} is not allowed with {world_size} processes: "
             "rank 0 alone checkpoints, so a data-parallel run does not resume"
         )
-    if cfg.compile.cudagraphs:
+    if cfg.compile.cudagraphs is True:
         raise ConfigError(f"compile.cudagraphs=true is not allowed with {world_size} processes: "
                           "the update's collectives cannot be captured")
 

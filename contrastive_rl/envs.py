@@ -221,7 +221,8 @@ class SuccessInfoReader(BaseInfoDictReader):
 
 
 def env_maker(env_name: str, max_steps: int, from_pixels: bool = False, image_size: int = 64) -> GymEnv:
-    register_goal_envs()  # worker processes start with an empty gymnasium registry
+    if not is_ogbench_name(env_name):
+        register_goal_envs()  # worker processes start with an empty gymnasium registry
     if from_pixels or is_ogbench_name(env_name):
         env = GymWrapper(gym_env_factory(env_name, max_steps, from_pixels, image_size)())
     else:
@@ -249,7 +250,8 @@ def vector_env_maker(
     """``num_envs`` copies of the env in one gymnasium vector env, stepped in this process: one TorchRL
     step (its tensordicts, specs and transforms) then serves all of them. Autoreset is off because
     TorchRL resets finished envs itself; gymnasium's default would add a reset step to every episode."""
-    register_goal_envs()
+    if not is_ogbench_name(env_name):
+        register_goal_envs()
     make = gym_env_factory(env_name, max_steps, from_pixels, image_size, task_id)
     vector_env = gym.vector.SyncVectorEnv([make] * num_envs, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
     env = GymWrapper(vector_env)

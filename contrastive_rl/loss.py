@@ -398,6 +398,10 @@ class ContrastiveLoss(LossModule):
         else:
             self.register_buffer("log_temperature", log_temperature)
         self.quasimetric_components = quasimetric_components
+        # The action bounds on the networks' device, made once: the update reads no host tensor.
+        space = actor_network.spec["action"].space
+        self.register_buffer("action_low", space.low.to(device, torch.float32), persistent=False)
+        self.register_buffer("action_high", space.high.to(device, torch.float32), persistent=False)
         if energy == "iqe":  # IQE's mix of mean and max, learnt with the critic (TMD's alpha_raw)
             self.iqe_mix_logit = nn.Parameter(torch.zeros((), device=device))
 
@@ -563,15 +567,12 @@ class ContrastiveLoss(LossModule):
         return -own_goal_dist.log_prob(data_action).mean()
 
     def _clip_to_bounds(self, action: torch.Tensor) -> torch.Tensor:
-        space = self.actor_network.spec["action"].space
-        return torch.clamp(action, space.low.to(action.device), space.high.to(action.device))
+        return torch.clamp(action, self.action_low, self.action_high)
 
     def _inside_support(self, action: torch.Tensor) -> torch.Tensor:
         """Pull data actions off the bounds, where a tanh policy's log-density is infinite."""
-        spec = self.actor_network.spec["action"]
-        low, high = spec.space.low.to(action.device), spec.space.high.to(action.device)
-        margin = 1e-4 * (high - low)
-        return torch.maximum(torch.minimum(action, high - margin), low + margin)
+        margin = 1e-4 * (self.action_high - self.action_low)
+        return torch.maximum(torch.minimum(action, self.action_high - margin), self.action_low + margin)
 
 
 class NextStateBootstrapLoss(ContrastiveLoss):

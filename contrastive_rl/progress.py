@@ -122,12 +122,14 @@ def planned_updates(cfg) -> int:
     return total
 
 
-def describe_plan(cfg, device, num_updates: int) -> str:
+def describe_plan(cfg, device, num_updates: int, speed_plan=None) -> str:
+    """The run's plan in one line: env, device, steps, updates, sizes, and the speed options chosen."""
     online = f"{cfg.collector.total_frames:,} env steps" if trains_online(cfg) else "no env steps"
     offline = f" ({cfg.offline.gradient_steps:,} offline)" if cfg.offline.dataset else ""
     return (
         f"{cfg.env.env_name} on {device}: {online} and {num_updates:,} gradient updates{offline} of batch "
         f"{cfg.buffer.batch_size}, networks {cfg.model.num_layers} x {cfg.model.hidden_dim}"
+        + (f"; {speed_plan.describe()}" if speed_plan is not None else "")
     )
 
 
@@ -143,16 +145,19 @@ class ProgressBar(tqdm.tqdm):
     """tqdm over env steps (gradient steps offline), with the updates done beside them.
 
     During a round of updates the bar moves with them (at most every half second). Once a few updates
-    are timed (the run's first one, which allocates and compiles, is left out), one line tells the
+    are timed (the ``warmup_updates`` first ones, which allocate, compile and capture, are left out, and
+    on CUDA each timed one is waited for), one line tells the
     seconds per update and what the rest of the run takes at that rate, naming the quick preset on a
     CPU at the paper's network size.
     """
 
-    def __init__(self, cfg, device, total_updates: int, **kwargs) -> None:
+    def __init__(self, cfg, device, total_updates: int, warmup_updates: int = 1, **kwargs) -> None:
         super().__init__(**kwargs)
         self.cfg = cfg
         self.device = device
         self.total_updates = total_updates
+        self.warmup_updates = warmup_updates
+        self._calls = 0
         self.success: float | None = None
         self._last_refresh = 0.0
         self._previous_update: float | None = None
@@ -168,8 +173,11 @@ class ProgressBar(tqdm.tqdm):
         self._frames_left, self._seconds_per_frame = frames_left, seconds_per_frame
 
     def updated(self, num_updates: int) -> None:
+        self._calls += 1  # this process's updates: a resumed run compiles again
+        if not self._rate_told and self._calls >= self.warmup_updates and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         now = time.perf_counter()
-        if self._previous_update is not None:
+        if self._previous_update is not None and self._calls > self.warmup_updates:
             self._timed_seconds += now - self._previous_update
             self._timed_updates += 1
         self._previous_update = now

@@ -111,6 +111,36 @@ class FakeEnvSpecs:
         self.full_action_spec_unbatched = Composite(action=Bounded(-1.0, 1.0, shape=(ACT,)))
 
 
+STATE = 4  # goals are full observations, as in OGBench
+
+
+class StateGoalSpecs:
+    """The specs make_agent reads, with goals the size of observations."""
+
+    def __init__(self):
+        from torchrl.data import Bounded, Composite, Unbounded
+
+        self.observation_spec = Composite(
+            observation=Unbounded(STATE), desired_goal=Unbounded(STATE), achieved_goal=Unbounded(STATE)
+        )
+        self.full_action_spec_unbatched = Composite(action=Bounded(-1.0, 1.0, shape=(2,)))
+
+
+def state_goal_batch(batch_size=6, seed=0):
+    """A batch of StateGoalSpecs' sizes, with the next states and their goals."""
+    from tensordict import TensorDict
+
+    generator = torch.Generator().manual_seed(seed)
+    return TensorDict(
+        observation=torch.randn(batch_size, STATE, generator=generator),
+        action=torch.rand(batch_size, 2, generator=generator) * 2 - 1,
+        desired_goal=torch.randn(batch_size, STATE, generator=generator),
+        next={"observation": torch.randn(batch_size, STATE, generator=generator),
+              "achieved_goal": torch.randn(batch_size, STATE, generator=generator)},
+        batch_size=[batch_size],
+    )
+
+
 def make_batch(batch_size=16, seed=0):
     """A batch of random states, actions in [-1, 1] and goals, with FakeEnvSpecs' sizes."""
     from tensordict import TensorDict

@@ -4,39 +4,11 @@ import math
 
 import pytest
 import torch
-from tensordict import TensorDict
 
-from conftest import build_agent, build_loss_module, check_config
+from conftest import STATE, StateGoalSpecs, build_agent, build_loss_module, check_config, state_goal_batch
 from contrastive_rl import loss as loss_lib
 from contrastive_rl.config import ConfigError, validate_config
 from contrastive_rl.loss import iqe_distance, mrn_distance, paired_energy, pairwise_energy
-
-STATE = 4  # goals are full observations, as in OGBench
-
-
-class StateGoalSpecs:
-    """The specs make_agent reads, with goals the size of observations."""
-
-    def __init__(self):
-        from torchrl.data import Bounded, Composite, Unbounded
-
-        self.observation_spec = Composite(
-            observation=Unbounded(STATE), desired_goal=Unbounded(STATE), achieved_goal=Unbounded(STATE)
-        )
-        self.full_action_spec_unbatched = Composite(action=Bounded(-1.0, 1.0, shape=(2,)))
-
-
-def state_goal_batch(batch_size=6, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    return TensorDict(
-        observation=torch.randn(batch_size, STATE, generator=generator),
-        action=torch.rand(batch_size, 2, generator=generator) * 2 - 1,
-        desired_goal=torch.randn(batch_size, STATE, generator=generator),
-        next={"observation": torch.randn(batch_size, STATE, generator=generator),
-              "achieved_goal": torch.randn(batch_size, STATE, generator=generator)},
-        batch_size=[batch_size],
-    )
-
 
 def make_state_goal_loss(make_cfg, *overrides):
     cfg = make_cfg("model.hidden_dim=16", "model.num_layers=2", "model.embed_dim=8", "model.cold_init=false",
