@@ -142,7 +142,8 @@ class GradientUpdate:
         self._compute_gradients = compute_gradients
         step = self.step
         if self.plan.cudagraphs:
-            step = CudaGraphModule(step, in_keys=[], out_keys=[], warmup=CUDAGRAPH_WARMUP + 1)
+            # CudaGraphModule's warm-up counts every call before the capture, compiling ones included.
+            step = CudaGraphModule(step, in_keys=[], out_keys=[], warmup=self.plan.warmup_updates)
         self._step = step
 
     def step(self, batch: TensorDict) -> TensorDict:
