@@ -45,9 +45,10 @@ sys.argv = [{script!r}, *{overrides!r}]
 from contrastive_rl.update import GradientUpdate
 losses = []
 original = GradientUpdate.__call__
-def recorded(self, batch, where):
-    loss_td = original(self, batch, where)
-    losses.append(None if loss_td is None else {{k: loss_td[k].item() for k in self.loss_module.loss_keys}})
+def recorded(self, batch):
+    loss_td = original(self, batch)
+    applied = loss_td["update_applied"].item()
+    losses.append({{k: loss_td[k].item() for k in self.loss_module.loss_keys}} if applied else None)
     return loss_td
 GradientUpdate.__call__ = recorded
 try:
