@@ -13,8 +13,8 @@ DataCollector under ``--root`` (then train with ``offline.dataset=<id> offline.r
     python make_dataset.py --ogbench cube-single-play-v0 [--episodes 100] [--workers 2]
     python make_dataset.py --ogbench visual-cube-single-play-v0 --episodes 25   # frames of 64 x 64 x 3
 
-regenerates one of OGBench's pointmaze navigate or stitch datasets (``contrastive_rl/locomaze.py``) or
-its manipulation datasets, cube, scene and puzzle, play and noisy (``contrastive_rl/manipspace.py``:
+regenerates one of OGBench's pointmaze navigate or stitch datasets (``contrastive_rl/data/locomaze.py``) or
+its manipulation datasets, cube, scene and puzzle, play and noisy (``contrastive_rl/data/manipspace.py``:
 made by the env's own oracles over ``--workers`` processes, continued where a stopped run left off;
 their ``visual-`` versions rendered from the saved states the same way, ``--image-size`` frames),
 with a progress bar, as the ``.npz`` and ``-val.npz`` files that ogbench's loader reads, by default
@@ -33,13 +33,14 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
-from contrastive_rl.config import ConfigError
-from contrastive_rl.envs import SuccessInfoReader, check_goal_observation_space, resolve_env_name
-from contrastive_rl.locomaze import OGBENCH_ROOT, write_locomaze_dataset
-from contrastive_rl.manipspace import is_manipulation_name, parts_dir, state_dataset_name, write_manipulation_dataset
-from contrastive_rl.offline import _datasets_path
-from contrastive_rl.pixels import make_pixel_gym_env, supports_image_goals
-from contrastive_rl.scripted import make_controller
+from contrastive_rl.errors import ConfigError
+from contrastive_rl.envs.goal_envs import SuccessInfoReader, check_goal_observation_space, resolve_env_name
+from contrastive_rl.data.locomaze import OGBENCH_ROOT, write_locomaze_dataset
+from contrastive_rl.data.manipspace import parts_dir, write_manipulation_dataset
+from contrastive_rl.envs.ogbench import is_manipulation_name, state_dataset_name
+from contrastive_rl.data.offline import _datasets_path
+from contrastive_rl.envs.pixels import make_pixel_gym_env, supports_image_goals
+from contrastive_rl.envs.scripted import make_controller
 
 POLICIES = ("random", "scripted")
 

@@ -22,24 +22,30 @@ from hydra.core.hydra_config import HydraConfig
 from torchrl._utils import timeit
 from torchrl.record.loggers import generate_exp_name
 
-from contrastive_rl.checkpoint import (
-    Checkpointer,
+from contrastive_rl.trainers.checkpoint import (
     CheckpointError,
+    Checkpointer,
     find_checkpoint,
     flat_config,
     load_checkpoint,
     restart_episodes,
 )
-from contrastive_rl.config import ConfigError, get_device, rank_config, trains_online, validate_config
-from contrastive_rl.distributed import broadcast_from_rank_zero, init_distributed
-from contrastive_rl.envs import DataKeys, resolve_goal_env
-from contrastive_rl.evaluation import evaluate_and_record, log_metrics, report_time_shares, train_episode_metrics
-from contrastive_rl.nonfinite import NonFiniteError
-from contrastive_rl.offline import load_offline_data
-from contrastive_rl.progress import ProgressBar, RunProgress, describe_plan, offline_steps, planned_updates
-from contrastive_rl.runtime import tune_runtime
-from contrastive_rl.stopping import StopOnSignal, exit_quietly_on_interrupt, resume_command
-from contrastive_rl.update import GradientUpdate, SpeedPlan, set_matmul_precision
+from contrastive_rl.errors import ConfigError
+from contrastive_rl.trainers.config import get_device, rank_config, trains_online, validate_config
+from contrastive_rl.trainers.distributed import broadcast_from_rank_zero, init_distributed
+from contrastive_rl.envs.goal_envs import DataKeys, resolve_goal_env
+from contrastive_rl.trainers.evaluation import (
+    evaluate_and_record,
+    log_metrics,
+    report_time_shares,
+    train_episode_metrics,
+)
+from contrastive_rl.errors import NonFiniteError
+from contrastive_rl.data.offline import load_offline_data
+from contrastive_rl.trainers.progress import ProgressBar, RunProgress, describe_plan, offline_steps, planned_updates
+from contrastive_rl.trainers.runtime import tune_runtime
+from contrastive_rl.trainers.stopping import StopOnSignal, exit_quietly_on_interrupt, resume_command
+from contrastive_rl.trainers.update import GradientUpdate, SpeedPlan, set_matmul_precision
 from utils import (
     make_agent,
     make_augmentation,
@@ -177,9 +183,8 @@ def train_offline(run: Run, stop: StopOnSignal) -> bool:
         while progress.num_updates < run.offline_steps:
             to_next_eval = cfg.offline.eval_interval - progress.num_updates % cfg.offline.eval_interval
             batch_updates = min(log_every, run.offline_steps - progress.num_updates, to_next_eval)
-            done_before = progress.num_updates
             metrics = update(run, batch_updates, f"after {progress.num_updates} offline gradient steps", pbar, stop)
-            pbar.update(progress.num_updates - done_before)
+            pbar.show_updates(progress.num_updates, force=True)
             stopped = stop.agreed(run.device)
             at_end = progress.num_updates == run.offline_steps
             if not stopped and (progress.num_updates % cfg.offline.eval_interval == 0 or at_end):

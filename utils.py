@@ -18,10 +18,10 @@ from torchrl.modules import MLP, IndependentNormal, ProbabilisticActor, TanhNorm
 from torchrl.record import VideoRecorder
 from torchrl.record.loggers import get_logger
 
-from contrastive_rl.config import trains_online
-from contrastive_rl.distributed import gather_batch
-from contrastive_rl.envs import (
-    EVAL_SEED_STREAM,
+from contrastive_rl.trainers.config import trains_online
+from contrastive_rl.trainers.distributed import gather_batch
+from contrastive_rl.envs.goal_envs import EVAL_SEED_STREAM
+from contrastive_rl.envs.goal_envs import (
     GOAL_KEY,
     DataKeys,
     SuccessInfoReader,
@@ -31,9 +31,9 @@ from contrastive_rl.envs import (
     stream_seed,
     vector_env_maker,
 )
-from contrastive_rl.locomaze import NUM_TASKS, is_ogbench_name, make_ogbench_env
-from contrastive_rl.loss import ContrastiveLoss, make_contrastive_loss
-from contrastive_rl.models import (
+from contrastive_rl.envs.ogbench import NUM_TASKS, is_ogbench_name, make_ogbench_env
+from contrastive_rl.objectives.contrastive import ContrastiveLoss, make_contrastive_loss
+from contrastive_rl.modules.models import (
     OGBENCH_FINAL_POLICY_SCALE,
     ContrastiveCritic,
     FixedStdNormalHead,
@@ -41,12 +41,14 @@ from contrastive_rl.models import (
     hidden_layer_kwargs,
     ogbench_init_,
 )
-from contrastive_rl.offline import split_into_columns
-from contrastive_rl.pixels import ENCODERS, GOAL_PIXELS_KEY, PIXELS_KEY, RandomShiftCrop, SharedEncoderView
-from contrastive_rl.replay import FutureGoalReplayBuffer
-from contrastive_rl.update import GuardedSoftUpdate
-from contrastive_rl.value_maps import ValueMaps
-from contrastive_rl.videos import VIDEO_KEY, Mp4CSVLogger, make_video_gym_env
+from contrastive_rl.data.offline import split_into_columns
+from contrastive_rl.data.augmentation import RandomShiftCrop
+from contrastive_rl.envs.pixels import GOAL_PIXELS_KEY, PIXELS_KEY
+from contrastive_rl.modules.encoders import ENCODERS, SharedEncoderView
+from contrastive_rl.data.replay import FutureGoalReplayBuffer
+from contrastive_rl.trainers.update import GuardedSoftUpdate
+from contrastive_rl.trainers.value_maps import ValueMaps
+from contrastive_rl.envs.videos import VIDEO_KEY, Mp4CSVLogger, make_video_gym_env
 
 VIDEO_FPS = 25
 

@@ -30,9 +30,9 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.reporting import RESULTS, say, write_json  # noqa: E402
 from benchmarks.update_throughput import FetchReachSpecs  # noqa: E402
-from contrastive_rl.checkpoint import Checkpointer  # noqa: E402
-from contrastive_rl.envs import DataKeys  # noqa: E402
-from contrastive_rl.replay import FutureGoalReplayBuffer  # noqa: E402
+from contrastive_rl.trainers.checkpoint import Checkpointer  # noqa: E402
+from contrastive_rl.envs.goal_envs import DataKeys  # noqa: E402
+from contrastive_rl.data.replay import FutureGoalReplayBuffer  # noqa: E402
 from utils import make_agent, make_loss_module, make_optimizer  # noqa: E402
 
 CHUNK = 10_000

@@ -35,13 +35,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.reporting import RESULTS, say, write_json  # noqa: E402
-from contrastive_rl.envs import (  # noqa: E402
+from contrastive_rl.envs.goal_envs import (  # noqa: E402
     apply_env_transforms,
     gym_env_factory,
     register_goal_envs,
     vector_env_maker,
 )
-from contrastive_rl.runtime import skip_missing_pandas_lookups  # noqa: E402
+from contrastive_rl.trainers.runtime import skip_missing_pandas_lookups  # noqa: E402
 
 
 def make_policy(kind: str, observation_dim: int, goal_dim: int, action_dim: int):

@@ -46,19 +46,14 @@ sys.path[0] = str(ROOT)
 
 from benchmarks.learning_curve import read_scalar  # noqa: E402
 from benchmarks.reporting import RESULTS, say, shown  # noqa: E402
-from contrastive_rl.locomaze import (  # noqa: E402
-    NUM_TASKS,
-    OGBENCH_ROOT,
-    REGENERABLE_DATASETS,
-    episode_steps,
-    write_locomaze_dataset,
-)
-from contrastive_rl.manipspace import (  # noqa: E402
+from contrastive_rl.data.locomaze import OGBENCH_ROOT, REGENERABLE_DATASETS, write_locomaze_dataset  # noqa: E402
+from contrastive_rl.envs.ogbench import episode_steps, NUM_TASKS  # noqa: E402
+from contrastive_rl.data.manipspace import write_manipulation_dataset  # noqa: E402
+from contrastive_rl.envs.ogbench import (  # noqa: E402
     full_dataset_name,
     is_manipulation_name,
     is_visual,
     subset_episodes,
-    write_manipulation_dataset,
 )
 
 # Hydra config of each recipe; the dataset and the episode length come from the dataset's name.

@@ -33,9 +33,9 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.collection_speed import compare  # noqa: E402
 from benchmarks.reporting import RESULTS, say, write_json  # noqa: E402
 from benchmarks.update_throughput import load_cfg, median_ms, project_update, random_batch  # noqa: E402
-from contrastive_rl.envs import register_goal_envs  # noqa: E402
-from contrastive_rl.replay import FutureGoalReplayBuffer  # noqa: E402
-from contrastive_rl.runtime import keep_freed_heap_memory, skip_missing_pandas_lookups  # noqa: E402
+from contrastive_rl.envs.goal_envs import register_goal_envs  # noqa: E402
+from contrastive_rl.data.replay import FutureGoalReplayBuffer  # noqa: E402
+from contrastive_rl.trainers.runtime import keep_freed_heap_memory, skip_missing_pandas_lookups  # noqa: E402
 
 
 def run_shares(frames: int) -> dict[str, float]:

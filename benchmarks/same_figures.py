@@ -42,7 +42,7 @@ RECORDING_RUNNER = """
 import json, runpy, sys
 sys.path.insert(0, {root!r})
 sys.argv = [{script!r}, *{overrides!r}]
-from contrastive_rl.update import GradientUpdate
+from contrastive_rl.trainers.update import GradientUpdate
 losses = []
 original = GradientUpdate.__call__
 def recorded(self, batch):

@@ -41,12 +41,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)  # instead of benchmarks/, whose ogbench.py would shadow the ogbench package
 
 from benchmarks.reporting import RESULTS, say, write_json  # noqa: E402
-from contrastive_rl.envs import DataKeys, env_maker, resolve_goal_env  # noqa: E402
-from contrastive_rl.locomaze import OGBENCH_ROOT, write_locomaze_dataset  # noqa: E402
-from contrastive_rl.offline import load_offline_data  # noqa: E402
-from contrastive_rl.runtime import tune_runtime  # noqa: E402
-from contrastive_rl.progress import planned_updates  # noqa: E402
-from contrastive_rl.update import GradientUpdate, SpeedPlan, set_matmul_precision  # noqa: E402
+from contrastive_rl.envs.goal_envs import DataKeys, env_maker, resolve_goal_env  # noqa: E402
+from contrastive_rl.data.locomaze import OGBENCH_ROOT, write_locomaze_dataset  # noqa: E402
+from contrastive_rl.data.offline import load_offline_data  # noqa: E402
+from contrastive_rl.trainers.runtime import tune_runtime  # noqa: E402
+from contrastive_rl.trainers.progress import planned_updates  # noqa: E402
+from contrastive_rl.trainers.update import GradientUpdate, set_matmul_precision, SpeedPlan  # noqa: E402
 from utils import make_agent, make_loss_module, make_optimizer, make_replay_buffer, make_target_updater  # noqa: E402
 
 SIZES = {  # batch, hidden units, hidden layers, latent

@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.reporting import RESULTS, say, write_json  # noqa: E402
-from contrastive_rl.envs import DataKeys  # noqa: E402
-from contrastive_rl.runtime import keep_freed_heap_memory  # noqa: E402
+from contrastive_rl.envs.goal_envs import DataKeys  # noqa: E402
+from contrastive_rl.trainers.runtime import keep_freed_heap_memory  # noqa: E402
 from utils import make_agent, make_loss_module, make_optimizer  # noqa: E402
 
 OBSERVATION_DIM, GOAL_DIM, ACTION_DIM = 10, 3, 4  # FetchReach

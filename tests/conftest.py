@@ -49,8 +49,8 @@ def make_cfg():
 def check_config(cfg, world_size: int = 1) -> str:
     """What the training script checks before it starts: the config's values, then the env's own
     checks; returns the env id that ``env.env_name`` resolves to. Raises ConfigError."""
-    from contrastive_rl.config import validate_config
-    from contrastive_rl.envs import resolve_goal_env
+    from contrastive_rl.trainers.config import validate_config
+    from contrastive_rl.envs.goal_envs import resolve_goal_env
 
     validate_config(cfg, world_size)
     return resolve_goal_env(cfg)
@@ -81,8 +81,8 @@ def read_scalar(run_dir, name) -> list[tuple[int, float]]:
 @functools.cache
 def rendering_unavailable() -> str:
     """Empty if MuJoCo can render offscreen here, else why not."""
-    from contrastive_rl.envs import register_goal_envs
-    from contrastive_rl.pixels import rendering_error
+    from contrastive_rl.envs.goal_envs import register_goal_envs
+    from contrastive_rl.envs.pixels import rendering_error
 
     register_goal_envs()
     error = rendering_error("PointMaze_UMaze-v3")
@@ -156,7 +156,7 @@ def make_batch(batch_size=16, seed=0):
 
 def build_agent(cfg, env, device="cpu"):
     """``utils.make_agent`` with the data keys of ``cfg``."""
-    from contrastive_rl.envs import DataKeys
+    from contrastive_rl.envs.goal_envs import DataKeys
     from utils import make_agent
 
     return make_agent(cfg, env, DataKeys.from_config(cfg), device)
@@ -164,7 +164,7 @@ def build_agent(cfg, env, device="cpu"):
 
 def build_loss_module(cfg, actor, critic, world_size=1):
     """``utils.make_loss_module`` with the data keys of ``cfg``."""
-    from contrastive_rl.envs import DataKeys
+    from contrastive_rl.envs.goal_envs import DataKeys
     from utils import make_loss_module
 
     return make_loss_module(cfg, actor, critic, DataKeys.from_config(cfg), world_size)
@@ -193,7 +193,7 @@ def filled_buffer(steps=(1,), buffer=None, *, chunk_length=10_000):
     """
     from tensordict import TensorDict
 
-    from contrastive_rl.replay import FutureGoalReplayBuffer
+    from contrastive_rl.data.replay import FutureGoalReplayBuffer
 
     if buffer is None:
         buffer = FutureGoalReplayBuffer(capacity=5 * chunk_length, num_envs=2, batch_size=8, gamma=0.9)

@@ -21,8 +21,14 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY_OVERRIDES, check_config, filled_buffer, read_scalar, script
-from contrastive_rl import checkpoint as checkpoint_module
-from contrastive_rl.checkpoint import CHECKPOINT_FILE, SEGMENT_LAYOUT, SEGMENT_PREFIX, Checkpointer, CheckpointError
+from contrastive_rl.trainers import checkpoint as checkpoint_module
+from contrastive_rl.trainers.checkpoint import (
+    CHECKPOINT_FILE,
+    SEGMENT_LAYOUT,
+    SEGMENT_PREFIX,
+    CheckpointError,
+    Checkpointer,
+)
 
 RUN = [*TINY_OVERRIDES, "collector.total_frames=1000", "buffer.size=2000", "model.cold_init=false",
        "optim.utd_ratio=0.2", "checkpoint.interval=300"]
@@ -130,7 +136,7 @@ from pathlib import Path
 sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / "tests")!r}]
 import torch
 from conftest import filled_buffer
-from contrastive_rl.checkpoint import Checkpointer
+from contrastive_rl.trainers.checkpoint import Checkpointer
 buffer, step = filled_buffer(()), 0
 checkpointer = Checkpointer(Path(sys.argv[1]), buffer, keep=1)
 weights = torch.randn({WEIGHTS}, generator=torch.Generator().manual_seed(1))
@@ -473,7 +479,7 @@ from pathlib import Path
 sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / "tests")!r}]
 import torch
 from conftest import filled_buffer
-from contrastive_rl.checkpoint import Checkpointer, CheckpointError
+from contrastive_rl.trainers.checkpoint import Checkpointer, CheckpointError
 directory, chunk_length, weights = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 buffer = filled_buffer((), chunk_length=chunk_length)
 checkpointer = Checkpointer(directory, buffer, keep=1)
@@ -554,7 +560,7 @@ def test_a_run_stopped_by_a_full_disk_resumes_once_there_is_room(tmpfs):
     ("checkpoint.keep=0", "checkpoint.keep=0 is not allowed"),
 ])
 def test_bad_checkpoint_config_is_named(make_cfg, override, pattern):
-    from contrastive_rl.config import ConfigError
+    from contrastive_rl.errors import ConfigError
 
     with pytest.raises(ConfigError, match=pattern):
         check_config(make_cfg(override))
@@ -592,8 +598,8 @@ def test_a_checkpoint_keeps_its_predecessors_and_their_segments(tmp_path, keep):
 
 
 def test_an_unreadable_latest_falls_back_to_its_predecessor(tmp_path, monkeypatch, make_cfg, caplog):
-    from contrastive_rl.checkpoint import find_checkpoint, read_checkpoint
-    from contrastive_rl.config import ConfigError
+    from contrastive_rl.trainers.checkpoint import find_checkpoint, read_checkpoint
+    from contrastive_rl.errors import ConfigError
 
     buffer = filled_buffer((), chunk_length=SMALL)
     checkpointer = Checkpointer(tmp_path, buffer, keep=2)

@@ -4,7 +4,8 @@ import subprocess
 import pytest
 
 from conftest import ROOT, TINY_OVERRIDES, check_config, read_scalar, script
-from contrastive_rl.config import ConfigError, validate_config
+from contrastive_rl.errors import ConfigError
+from contrastive_rl.trainers.config import validate_config
 
 SEED_TABLE = {
     "model.embed_dim": 64,
@@ -135,7 +136,7 @@ def config_yaml_keys() -> dict:
     """Every key of config.yaml with its default, read from the file itself."""
     from omegaconf import OmegaConf
 
-    from contrastive_rl.config import flat_items
+    from contrastive_rl.trainers.config import flat_items
 
     return flat_items(OmegaConf.load(ROOT / "config.yaml"))
 

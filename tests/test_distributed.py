@@ -36,7 +36,7 @@ def loss_and_gradients(contrastive: str, rows: slice, world_size: int) -> tuple[
     """One update's losses and the averaged gradients, from the same initial weights."""
     from hydra import compose, initialize_config_dir
 
-    from contrastive_rl.distributed import average_gradients
+    from contrastive_rl.trainers.distributed import average_gradients
     from utils import make_eval_environments, make_optimizer
 
     with initialize_config_dir(config_dir=str(ROOT), version_base="1.1"):
@@ -115,7 +115,8 @@ def test_script_trains_under_torchrun_with_rank_zero_logging(tmp_path):
     ("checkpoint.resume=auto", "checkpoint.resume='auto' is not allowed with 2 processes"),
 ])
 def test_bad_data_parallel_config_is_named(make_cfg, override, pattern):
-    from contrastive_rl.config import ConfigError, validate_config
+    from contrastive_rl.errors import ConfigError
+    from contrastive_rl.trainers.config import validate_config
 
     with pytest.raises(ConfigError, match=pattern):
         validate_config(make_cfg(*TINY_OVERRIDES, override), world_size=2)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conftest import needs_rendering
-from contrastive_rl.envs import apply_env_transforms, env_maker, vector_env_maker
-from contrastive_rl.evaluation import episode_metrics
+from contrastive_rl.envs.goal_envs import apply_env_transforms, env_maker, vector_env_maker
+from contrastive_rl.trainers.evaluation import episode_metrics
 
 
 @pytest.mark.parametrize(
@@ -92,7 +92,7 @@ def replay(env, actions):
 def test_success_reader_gives_one_flag_per_env(batch_size, info, expected):
     from tensordict import TensorDict
 
-    from contrastive_rl.envs import SuccessInfoReader
+    from contrastive_rl.envs.goal_envs import SuccessInfoReader
 
     reader = SuccessInfoReader(batch_size)
     flags = reader(info, TensorDict(batch_size=batch_size))["success"]
@@ -142,7 +142,8 @@ def test_training_and_evaluation_seed_streams_never_meet():
     """With ``seed + frames`` and ``seed + 10000 + step`` the training envs restarted at frame 12000
     drew the goals of the evaluation at step 2000; the two streams of seeds share none, even counting
     the consecutive seeds a vector env gives its envs."""
-    from contrastive_rl.envs import EVAL_SEED_STREAM, TRAIN_SEED_STREAM, stream_seed
+    from contrastive_rl.envs.goal_envs import EVAL_SEED_STREAM, TRAIN_SEED_STREAM
+    from contrastive_rl.envs.goal_envs import stream_seed
 
     steps = range(0, 200_000, 1000)
     train = {stream_seed(0, TRAIN_SEED_STREAM, step) + env for step in steps for env in range(4)}

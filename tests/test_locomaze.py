@@ -10,21 +10,20 @@ import ogbench
 import pytest
 
 from conftest import TINY_OVERRIDES, check_config, read_scalar, script
-from contrastive_rl.config import ConfigError
-from contrastive_rl.locomaze import (
+from contrastive_rl.errors import ConfigError
+from contrastive_rl.data.locomaze import (
     REGENERABLE_DATASETS,
     STITCH_GOAL_CELLS,
     cells_at_path_length,
     check_regenerable,
-    env_id,
     generate_locomaze,
     load_ogbench_transitions,
-    make_ogbench_env,
     maze_cells,
     oracle_direction,
     write_locomaze_dataset,
 )
-from contrastive_rl.offline import load_offline_data
+from contrastive_rl.envs.ogbench import env_id, make_ogbench_env
+from contrastive_rl.data.offline import load_offline_data
 from utils import make_eval_environments
 
 NAME = "pointmaze-medium-navigate-v0"
@@ -157,8 +156,8 @@ def test_goal_env_entries_are_full_observations_and_the_reset_goal():
 
 
 def test_protocol_evaluates_the_five_tasks_each_on_its_own_goal(make_cfg):
-    from contrastive_rl.evaluation import evaluate_and_record
-    from contrastive_rl.progress import RunProgress
+    from contrastive_rl.trainers.evaluation import evaluate_and_record
+    from contrastive_rl.trainers.progress import RunProgress
     from conftest import build_agent
 
     cfg = make_cfg(f"env.env_name={NAME}", "env.max_steps=20", "logger.num_eval_episodes=2",

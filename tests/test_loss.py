@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from conftest import ACT, GOAL, OBS, make_batch, make_loss
-from contrastive_rl.loss import infonce_loss, logsumexp_penalty
-from contrastive_rl.models import ContrastiveCritic
+from contrastive_rl.objectives.contrastive import infonce_loss, logsumexp_penalty
+from contrastive_rl.modules.models import ContrastiveCritic
 from utils import make_optimizer
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from contrastive_rl.loss import (
+from contrastive_rl.objectives.contrastive import (
     binary_nce_loss,
     infonce_loss,
     paired_energy,

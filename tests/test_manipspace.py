@@ -13,23 +13,22 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY_OVERRIDES, check_config, read_scalar, script
-from contrastive_rl import manipspace
-from contrastive_rl.config import ConfigError
-from contrastive_rl.locomaze import env_id, episode_steps, is_ogbench_name, load_ogbench_transitions, make_ogbench_env
-from contrastive_rl.manipspace import (
+from contrastive_rl.data import manipspace
+from contrastive_rl.errors import ConfigError
+from contrastive_rl.data.locomaze import load_ogbench_transitions
+from contrastive_rl.envs.ogbench import env_id, episode_steps, is_ogbench_name, make_ogbench_env
+from contrastive_rl.data.manipspace import (
     EPISODE_STEPS,
     FrameRenderer,
     check_manipulation_dataset,
-    full_dataset_name,
     make_env,
     random_action_probability,
     scene_episode_is_healthy,
-    state_dataset_name,
-    subset_episodes,
     subset_name,
     write_manipulation_dataset,
 )
-from contrastive_rl.pixels import GOAL_PIXELS_KEY, PIXELS_KEY
+from contrastive_rl.envs.ogbench import full_dataset_name, state_dataset_name, subset_episodes
+from contrastive_rl.envs.pixels import GOAL_PIXELS_KEY, PIXELS_KEY
 
 CUBE = "cube-single-play-v0"
 
@@ -359,7 +358,7 @@ def test_images_follow_the_dataset_name_in_one_line():
 
 
 def test_impala_small_encoder_maps_frames_to_512_features_and_trains():
-    from contrastive_rl.pixels import ImpalaSmallEncoder
+    from contrastive_rl.modules.encoders import ImpalaSmallEncoder
 
     encoder = ImpalaSmallEncoder(64)
     frames = torch.randint(0, 256, (2, 3, 64, 64, 3), dtype=torch.uint8)
@@ -371,7 +370,7 @@ def test_impala_small_encoder_maps_frames_to_512_features_and_trains():
 
 
 def test_video_env_of_a_state_dataset_renders_ogbench_camera_frames():
-    from contrastive_rl.videos import make_video_gym_env
+    from contrastive_rl.envs.videos import make_video_gym_env
 
     env = make_video_gym_env(CUBE, 10, 96)
     observation, info = env.reset(seed=0)

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from conftest import TINY_OVERRIDES, check_config, needs_rendering, read_scalar, script
-from contrastive_rl.config import ConfigError
-from contrastive_rl.envs import register_goal_envs
-from contrastive_rl.offline import load_goal_transitions, load_offline_data, resolve_dataset, split_into_columns
-from contrastive_rl.replay import FutureGoalReplayBuffer
-from contrastive_rl.scripted import make_controller
+from contrastive_rl.errors import ConfigError
+from contrastive_rl.envs.goal_envs import register_goal_envs
+from contrastive_rl.data.offline import load_goal_transitions, load_offline_data, resolve_dataset, split_into_columns
+from contrastive_rl.data.replay import FutureGoalReplayBuffer
+from contrastive_rl.envs.scripted import make_controller
 from make_dataset import make_dataset
 
 MAZE_DIMS = dict(observation_dim=4, goal_dim=2, action_dim=2)
@@ -76,7 +76,7 @@ def test_offline_goals_stay_in_their_episode(maze_dataset):
 def make_pendulum_dataset(root):
     from minari import DataCollector
 
-    from contrastive_rl.offline import _datasets_path
+    from contrastive_rl.data.offline import _datasets_path
 
     collector = DataCollector(gym.make("Pendulum-v1", max_episode_steps=5), record_infos=False)
     collector.reset(seed=0)

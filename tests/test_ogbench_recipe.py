@@ -6,8 +6,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
 
-from contrastive_rl.config import ConfigError, validate_config
-from contrastive_rl.loss import paired_energy, pairwise_energy
+from contrastive_rl.errors import ConfigError
+from contrastive_rl.trainers.config import validate_config
+from contrastive_rl.objectives.contrastive import paired_energy, pairwise_energy
 from conftest import ROOT, FakeEnvSpecs, build_agent, make_batch, make_loss
 from utils import make_optimizer
 
@@ -168,7 +169,7 @@ def test_layer_norm_sits_where_each_code_puts_it(make_cfg, after):
 
 
 def test_ogbench_init_is_glorot_uniform_with_zero_biases_and_a_small_policy_mean_layer():
-    from contrastive_rl.models import OGBENCH_FINAL_POLICY_SCALE, ogbench_init_
+    from contrastive_rl.modules.models import OGBENCH_FINAL_POLICY_SCALE, ogbench_init_
 
     torch.manual_seed(0)
     mlp = ogbench_init_(nn.Sequential(nn.Linear(300, 500), nn.GELU(), nn.Linear(500, 100)),
@@ -200,7 +201,7 @@ def test_clipped_policy_mean_is_unbounded_and_clipped_before_the_critic(make_cfg
 
 
 def test_clamped_offsets_put_the_tail_of_the_geometric_on_the_last_step():
-    from contrastive_rl.replay import sample_clamped_geometric, sample_uniform_offset
+    from contrastive_rl.data.replay import sample_clamped_geometric, sample_uniform_offset
 
     torch.manual_seed(0)
     gamma, horizon = 0.9, 10

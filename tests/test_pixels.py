@@ -5,9 +5,11 @@ import torch
 from tensordict import TensorDict
 
 from conftest import build_agent, build_loss_module, check_config, needs_rendering
-from contrastive_rl.config import ConfigError
-from contrastive_rl.envs import apply_env_transforms, env_maker
-from contrastive_rl.pixels import PixelEncoder, RandomShiftCrop, make_pixel_gym_env
+from contrastive_rl.errors import ConfigError
+from contrastive_rl.envs.goal_envs import apply_env_transforms, env_maker
+from contrastive_rl.data.augmentation import RandomShiftCrop
+from contrastive_rl.envs.pixels import make_pixel_gym_env
+from contrastive_rl.modules.encoders import PixelEncoder
 
 
 @needs_rendering
@@ -30,7 +32,7 @@ def test_goal_image_is_the_scene_with_the_ball_at_the_goal():
 
 @needs_rendering
 def test_each_env_renders_its_own_scene_when_several_render_in_one_process():
-    from contrastive_rl.videos import make_video_gym_env
+    from contrastive_rl.envs.videos import make_video_gym_env
 
     maze = make_pixel_gym_env("PointMaze_UMaze-v3", 10, 48)
     alone = maze.reset(seed=0)[0]["pixels"]

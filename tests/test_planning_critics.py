@@ -5,10 +5,11 @@ import math
 import pytest
 import torch
 
-from conftest import STATE, StateGoalSpecs, build_agent, build_loss_module, check_config, state_goal_batch
-from contrastive_rl import loss as loss_lib
-from contrastive_rl.config import ConfigError, validate_config
-from contrastive_rl.loss import iqe_distance, mrn_distance, paired_energy, pairwise_energy
+from conftest import StateGoalSpecs, build_agent, build_loss_module, check_config, state_goal_batch
+from contrastive_rl.objectives import contrastive as loss_lib
+from contrastive_rl.errors import ConfigError
+from contrastive_rl.trainers.config import validate_config
+from contrastive_rl.objectives.contrastive import iqe_distance, mrn_distance, paired_energy, pairwise_energy
 
 def make_state_goal_loss(make_cfg, *overrides):
     cfg = make_cfg("model.hidden_dim=16", "model.num_layers=2", "model.embed_dim=8", "model.cold_init=false",

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from contrastive_rl.progress import ProgressBar, RunProgress, describe_plan, planned_updates
+from contrastive_rl.trainers.progress import ProgressBar, RunProgress, describe_plan, planned_updates
 
 
 def test_state_dict_round_trip_restores_counters_and_random_streams(make_cfg):
@@ -52,7 +52,7 @@ def test_plan_line_names_device_steps_and_updates(make_cfg):
 @pytest.mark.parametrize("hidden_dim,names_quick_preset", [(1024, True), (256, False)])
 def test_rate_line_after_the_first_timed_updates(make_cfg, caplog, hidden_dim, names_quick_preset):
     cfg = make_cfg(f"model.hidden_dim={hidden_dim}")
-    with caplog.at_level(logging.INFO, logger="contrastive_rl.progress"):
+    with caplog.at_level(logging.INFO, logger="contrastive_rl.trainers.progress"):
         with ProgressBar(cfg, torch.device("cpu"), 100, total=1000, disable=False) as pbar:
             pbar.start_round(0, frames_left=500, seconds_per_frame=0.002)
             for done in range(1, 4):
@@ -72,7 +72,7 @@ def test_a_long_evaluation_shows_a_bar_over_its_env_steps(make_cfg, monkeypatch)
     import tqdm
 
     from conftest import build_agent, check_config
-    from contrastive_rl import evaluation
+    from contrastive_rl.trainers import evaluation
     from utils import make_eval_environments
 
     bars = []
@@ -105,7 +105,7 @@ def test_a_long_evaluation_shows_a_bar_over_its_env_steps(make_cfg, monkeypatch)
 
 @pytest.mark.parametrize("mode", ["minari", "ogbench-pointmaze"])
 def test_dataset_generation_shows_a_bar_over_its_episodes(tmp_path, capsys, mode):
-    from contrastive_rl.locomaze import write_locomaze_dataset
+    from contrastive_rl.data.locomaze import write_locomaze_dataset
     from make_dataset import make_dataset
 
     if mode == "minari":

@@ -5,7 +5,7 @@ import torch
 from scipy import stats
 from tensordict import TensorDict
 
-from contrastive_rl.replay import FutureGoalReplayBuffer, sample_truncated_geometric
+from contrastive_rl.data.replay import FutureGoalReplayBuffer, sample_truncated_geometric
 
 
 def truncated_geometric_pmf(horizon, gamma):

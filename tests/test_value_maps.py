@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from conftest import TINY_OVERRIDES, build_agent, build_loss_module, check_config, script
-from contrastive_rl.config import ConfigError
-from contrastive_rl.locomaze import write_locomaze_dataset
-from contrastive_rl.value_maps import first_episode_path, maze_grid, value_map
+from contrastive_rl.errors import ConfigError
+from contrastive_rl.data.locomaze import write_locomaze_dataset
+from contrastive_rl.trainers.value_maps import first_episode_path, maze_grid, value_map
 
 NAME = "pointmaze-medium-navigate-v0"
 

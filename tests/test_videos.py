@@ -8,7 +8,7 @@ import torch
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from conftest import TINY_OVERRIDES, build_agent, check_config, needs_rendering, script
-from contrastive_rl.evaluation import record_video
+from contrastive_rl.trainers.evaluation import record_video
 from utils import make_eval_environments, make_video_environment
 
 pytestmark = needs_rendering

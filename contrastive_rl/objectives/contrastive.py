@@ -21,7 +21,7 @@ from tensordict.utils import NestedKey
 from torch import nn
 from torchrl.objectives import LossModule
 
-from contrastive_rl.models import ContrastiveCritic
+from contrastive_rl.modules.models import ContrastiveCritic
 
 CONTRASTIVE_LOSSES = ("infonce", "symmetric_infonce", "binary_nce", "td", "td_infonce", "tmd")
 ENERGIES = ("dot", "scaled_dot", "cosine", "l2", "mrn", "iqe")

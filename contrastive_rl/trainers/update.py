@@ -15,9 +15,9 @@ from tensordict.nn import CudaGraphModule
 from torchrl._utils import compile_with_warmup
 from torchrl.objectives import SoftUpdate
 
-from contrastive_rl.distributed import average_gradients
-from contrastive_rl.loss import ContrastiveLoss
-from contrastive_rl.nonfinite import NonFiniteError
+from contrastive_rl.trainers.distributed import average_gradients
+from contrastive_rl.objectives.contrastive import ContrastiveLoss
+from contrastive_rl.errors import NonFiniteError
 
 log = logging.getLogger(__name__)
 AUTOCAST_DTYPES = {"": None, "bfloat16": torch.bfloat16}

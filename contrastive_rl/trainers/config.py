@@ -9,12 +9,18 @@ import os
 import torch
 from omegaconf import OmegaConf
 
-from contrastive_rl.loss import ACTOR_LOSSES, CONTRASTIVE_LOSSES, ENERGIES, QUASIMETRIC_ENERGIES
-from contrastive_rl.models import ACTIVATIONS, INITS, POLICIES, POLICY_MEANS
-from contrastive_rl.nonfinite import ON_NONFINITE
-from contrastive_rl.pixels import ENCODERS
-from contrastive_rl.replay import GOAL_OFFSETS
-from contrastive_rl.update import AUTOCAST_DTYPES
+from contrastive_rl.data.nonfinite import ON_NONFINITE
+from contrastive_rl.data.replay import GOAL_OFFSETS
+from contrastive_rl.errors import ConfigError
+from contrastive_rl.modules.encoders import ENCODERS
+from contrastive_rl.modules.models import ACTIVATIONS, INITS, POLICIES, POLICY_MEANS
+from contrastive_rl.objectives.contrastive import (
+    ACTOR_LOSSES,
+    CONTRASTIVE_LOSSES,
+    ENERGIES,
+    QUASIMETRIC_ENERGIES,
+)
+from contrastive_rl.trainers.update import AUTOCAST_DTYPES
 
 LOGGER_BACKENDS = ("wandb", "tensorboard", "csv", "")
 WANDB_MODES = ("offline", "online", "disabled")
@@ -24,14 +30,10 @@ RANK_SEED_STRIDE = 100_003  # env seeds of data-parallel ranks, far apart from e
 MAX_SEED = 2**32 - 1  # numpy's global seed is 32 bits
 
 
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message names the key, the value and what is allowed."""
-
-
 def ogbench_episode_steps(env_name: str) -> int | None:
     """``${ogbench_episode_steps:${env.env_name}}`` in a preset: the episode length OGBench evaluates
     that env with (None for an env OGBench does not have, which the check of env.max_steps then names)."""
-    from contrastive_rl.locomaze import episode_steps
+    from contrastive_rl.envs.ogbench import episode_steps
 
     return episode_steps(env_name)
 

@@ -22,27 +22,28 @@ frames rendered in chunks over processes, stopped and continued the same way.
 from __future__ import annotations
 
 import multiprocessing
-import re
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
-from contrastive_rl.config import ConfigError
+from contrastive_rl.envs.ogbench import (
+    MANIPULATION_DATASETS,
+    VISUAL_DATASETS,
+    VISUAL_PREFIX,
+    env_id,
+    full_dataset_name,
+    is_visual,
+    state_dataset_name,
+)
+from contrastive_rl.errors import ConfigError
 
 EPISODE_STEPS = 1001
 TRAINING_EPISODES = 1000
-MANIPULATION_ENVS = ("cube-single-v0", "cube-double-v0", "scene-v0", "puzzle-3x3-v0")
-MANIPULATION_DATASETS = tuple(
-    env.replace("-v0", f"-{kind}-v0") for env in MANIPULATION_ENVS for kind in ("play", "noisy"))
-VISUAL_PREFIX = "visual-"
-VISUAL_DATASETS = tuple(VISUAL_PREFIX + name for name in MANIPULATION_DATASETS)
-MANIPULATION_FAMILIES = ("cube", "scene", "puzzle")
 PLAN_NOISE, PLAN_NOISE_SMOOTHING = 0.1, 0.5
 MARKOV_NOISE, MARKOV_MIN_NORM = 0.1, 0.4
 MARKOV_NOISE_SCALES = np.array([1, 1, 1, 3, 10])  # x, y, z, yaw, gripper
-SUBSET_TAG = re.compile(r"^\d+ep$")
 CHUNK_EPISODES = 5
 RENDER_CHUNK_ROWS = 2002
 
@@ -55,42 +56,10 @@ def subset_name(dataset_name: str, episodes: int) -> str:
     return "-".join(parts[:-1] + [f"{episodes}ep", parts[-1]])
 
 
-def subset_episodes(dataset_name: str) -> int | None:
-    """``cube-single-play-100ep-v0`` -> 100; None for a full dataset's name."""
-    tags = [part for part in dataset_name.split("-") if SUBSET_TAG.match(part)]
-    return int(tags[0][:-2]) if tags else None
-
-
-def full_dataset_name(dataset_name: str) -> str:
-    """``cube-single-play-100ep-v0`` -> ``cube-single-play-v0``."""
-    return "-".join(part for part in dataset_name.split("-") if not SUBSET_TAG.match(part))
-
-
-def is_visual(dataset_name: str) -> bool:
-    return dataset_name.startswith(VISUAL_PREFIX)
-
-
-def state_dataset_name(dataset_name: str) -> str:
-    """``visual-cube-single-play-v0`` -> ``cube-single-play-v0``: the trajectories its frames are rendered from."""
-    return dataset_name.removeprefix(VISUAL_PREFIX)
-
-
-def is_manipulation_name(name: str) -> bool:
-    """A cube, scene or puzzle name, from states or pixels (``visual-``)."""
-    return state_dataset_name(name).split("-")[0] in MANIPULATION_FAMILIES
-
-
 def check_manipulation_dataset(dataset_name: str) -> None:
     if full_dataset_name(dataset_name) not in MANIPULATION_DATASETS + VISUAL_DATASETS:
         raise ConfigError(f"{dataset_name!r} is not a manipulation dataset this script regenerates: use one of "
                           f"{', '.join(MANIPULATION_DATASETS)}, or one of them with the prefix {VISUAL_PREFIX!r}")
-
-
-def env_id(dataset_name: str) -> str:
-    """The env of any OGBench dataset, its name without the data type and the subset tag:
-    ``pointmaze-medium-navigate-v0`` -> ``pointmaze-medium-v0``, ``cube-single-play-100ep-v0`` -> ``cube-single-v0``."""
-    parts = full_dataset_name(dataset_name).split("-")
-    return "-".join(parts[:-2] + parts[-1:])
 
 
 def oracle_kind(dataset_name: str) -> str:

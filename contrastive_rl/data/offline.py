@@ -11,19 +11,12 @@ import torch
 from hydra.utils import to_absolute_path
 from tensordict import TensorDict
 
-from contrastive_rl.config import ConfigError
-from contrastive_rl.envs import GOAL_KEY, GOAL_KEYS
-from contrastive_rl.nonfinite import first_nonfinite_row
-from contrastive_rl.pixels import PIXELS_KEY
-from contrastive_rl.locomaze import (
-    OGBENCH_DATASET_PREFIX,
-    OGBENCH_ROOT,
-    env_id,
-    image_kwargs,
-    is_ogbench_name,
-    load_ogbench_transitions,
-    make_ogbench_env,
-)
+from contrastive_rl.errors import ConfigError
+from contrastive_rl.envs.goal_envs import GOAL_KEY, GOAL_KEYS
+from contrastive_rl.data.nonfinite import first_nonfinite_row
+from contrastive_rl.envs.pixels import PIXELS_KEY
+from contrastive_rl.data.locomaze import load_ogbench_transitions, OGBENCH_DATASET_PREFIX, OGBENCH_ROOT
+from contrastive_rl.envs.ogbench import env_id, image_kwargs, is_ogbench_name, make_ogbench_env
 
 DEFAULT_MINARI_ROOT = "~/.minari/datasets"
 

@@ -17,8 +17,10 @@ from tensordict import TensorDict
 from hydra.utils import to_absolute_path
 from torchrl.collectors import Collector
 
-from contrastive_rl.config import ConfigError, flat_items
-from contrastive_rl.envs import TRAIN_SEED_STREAM, stream_seed
+from contrastive_rl.errors import ConfigError
+from contrastive_rl.trainers.config import flat_items
+from contrastive_rl.envs.goal_envs import TRAIN_SEED_STREAM
+from contrastive_rl.envs.goal_envs import stream_seed
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,9 @@ def load_checkpoint(cfg, candidates: list[Path], offline_data=None) -> dict:
     the same configuration and, for an offline run, of a dataset of the same size (``offline_data``,
     loaded again)."""
     state, path = read_checkpoint(cfg, candidates)
-    saved, current = state["config"], flat_config(cfg)
+    # Checkpoints of earlier versions saved entries that later became resumable: left out on both sides.
+    saved = {key: value for key, value in state["config"].items() if not key.startswith(RESUMABLE_KEYS)}
+    current = flat_config(cfg)
     differing = sorted(key for key in saved.keys() | current.keys() if saved.get(key) != current.get(key))
     if differing:
         raise ConfigError(

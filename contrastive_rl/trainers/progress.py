@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import tqdm
 
-from contrastive_rl.config import trains_online
+from contrastive_rl.trainers.config import trains_online
 
 log = logging.getLogger(__name__)
 PAPER_HIDDEN_DIM = 1024
@@ -192,6 +192,8 @@ class ProgressBar(tqdm.tqdm):
     def show_updates(self, num_updates: int, force: bool = False) -> None:
         now = time.monotonic()
         if force or now - self._last_refresh >= REFRESH_SECONDS:
+            if self.unit == "updates":  # the offline bar counts the updates themselves
+                self.n = num_updates
             postfix = {"updates": f"{num_updates}/{self.total_updates}"}
             if self.success is not None:
                 postfix["success"] = f"{self.success:.2f}"

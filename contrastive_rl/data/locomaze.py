@@ -20,13 +20,11 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 
-from contrastive_rl.config import ConfigError
-from contrastive_rl.manipspace import env_id, is_manipulation_name, is_visual
-from contrastive_rl.nonfinite import first_nonfinite_row
-from contrastive_rl.pixels import GOAL_PIXELS_KEY, PIXELS_KEY
+from contrastive_rl.data.nonfinite import first_nonfinite_row
+from contrastive_rl.envs.ogbench import env_id
+from contrastive_rl.envs.pixels import PIXELS_KEY
+from contrastive_rl.errors import ConfigError
 
-OGBENCH_MAZES = ("pointmaze", "antmaze", "humanoidmaze")
-NUM_TASKS = 5  # evaluation tasks of every OGBench maze
 OGBENCH_DATASET_PREFIX = "ogbench:"
 OGBENCH_ROOT = Path("~/.ogbench/data")  # where ogbench's loader looks by default
 NAVIGATE_DATASETS = {  # dataset name: (training episodes, steps per episode)
@@ -40,84 +38,6 @@ REGENERABLE_DATASETS = {**NAVIGATE_DATASETS, **STITCH_DATASETS}
 ACTION_NOISE = 0.5
 STITCH_GOAL_CELLS = 4  # path length, in cells, from a stitch episode's start to its goal
 EXPERT_MAZES = ("antmaze", "humanoidmaze")
-
-
-def is_ogbench_name(name: str) -> bool:
-    """An OGBench dataset name such as ``pointmaze-medium-navigate-v0`` or ``scene-play-v0`` (its env and
-    data type)."""
-    return (name.split("-")[0] in OGBENCH_MAZES and len(name.split("-")) >= 4) or (
-        is_manipulation_name(name) and len(name.split("-")) >= 3)
-
-
-def check_ogbench_env(name: str, key: str = "env.env_name") -> None:
-    import ogbench  # noqa: F401  (registers the envs)
-
-    if env_id(name) not in gym.registry:
-        raise ConfigError(
-            f"{key}={name!r} is not allowed: OGBench has no env {env_id(name)!r} (use a dataset name such as "
-            "pointmaze-medium-navigate-v0)"
-        )
-
-
-class OGBenchGoalEnv(gym.Wrapper):
-    """An OGBench env as a goal env: Dict observations whose goal entries are full observations, the
-    goal representation of OGBench's agents; ``desired_goal`` is the ``info["goal"]`` of the last
-    reset. An image env (OGBench's ``visual-`` ones) gives its frame and its goal frame as ``pixels``
-    and ``goal_pixels``, the keys of the project's image envs. With ``task_id``, every reset starts that
-    evaluation task (its start and goal)."""
-
-    def __init__(self, env: gym.Env, task_id: int | None = None) -> None:
-        super().__init__(env)
-        space = env.observation_space
-        self.from_pixels = is_image_space(space)
-        if self.from_pixels:
-            self.observation_space = gym.spaces.Dict({PIXELS_KEY: space, GOAL_PIXELS_KEY: space})
-        else:
-            self.observation_space = gym.spaces.Dict(observation=space, achieved_goal=space, desired_goal=space)
-        self.task_id = task_id
-        self.goal = None
-
-    def reset(self, *, seed=None, options=None):
-        if self.task_id is not None:
-            options = {**(options or {}), "task_id": self.task_id}
-        observation, info = self.env.reset(seed=seed, options=options)
-        self.goal = np.asarray(info["goal"], dtype=observation.dtype)
-        return self._with_goals(observation), info
-
-    def step(self, action):
-        observation, reward, terminated, truncated, info = self.env.step(action)
-        return self._with_goals(observation), reward, terminated, truncated, info
-
-    def _with_goals(self, observation: np.ndarray) -> dict[str, np.ndarray]:
-        if self.from_pixels:
-            return {PIXELS_KEY: observation, GOAL_PIXELS_KEY: self.goal}
-        return {"observation": observation, "achieved_goal": observation, "desired_goal": self.goal}
-
-
-def is_image_space(space: gym.Space) -> bool:
-    return space.dtype == np.uint8 and len(space.shape) == 3
-
-
-def make_ogbench_env(name: str, max_steps: int, task_id: int | None = None, **make_kwargs) -> OGBenchGoalEnv:
-    """The env of the OGBench dataset ``name``; ``make_kwargs`` go to its constructor (OGBench's ``visual-``
-    envs take the frame's ``width`` and ``height``)."""
-    import ogbench  # noqa: F401  (registers the envs)
-
-    return OGBenchGoalEnv(gym.make(env_id(name), max_episode_steps=max_steps, **make_kwargs), task_id)
-
-
-def image_kwargs(name: str, image_size: int) -> dict:
-    """The frame size of an OGBench ``visual-`` env's constructor; nothing for a state env."""
-    return {"width": image_size, "height": image_size} if is_visual(name) else {}
-
-
-def episode_steps(name: str) -> int | None:
-    """The episode length OGBench evaluates the dataset ``name``'s env with (its registered time limit:
-    200 steps on cube-single, 750 on scene, 1000 on the pointmazes); None if OGBench has no such env."""
-    import ogbench  # noqa: F401  (registers the envs)
-
-    spec = gym.registry.get(env_id(name))
-    return spec.max_episode_steps if spec is not None else None
 
 
 def load_ogbench_transitions(dataset_name: str, root: Path, *, observation_shape: tuple, action_dim: int) -> TensorDict:

@@ -8,8 +8,8 @@ import gymnasium as gym
 import torch
 from torchrl.record.loggers import CSVLogger
 
-from contrastive_rl.locomaze import is_ogbench_name, make_ogbench_env
-from contrastive_rl.pixels import OwnContextRender, look_down_on_maze
+from contrastive_rl.envs.ogbench import is_ogbench_name, make_ogbench_env
+from contrastive_rl.envs.pixels import OwnContextRender, look_down_on_maze
 
 VIDEO_KEY = "video_frame"
 FETCH_TARGET_SCALE = 2.5  # Fetch's 2 cm target sphere is a pixel or two in a video frame

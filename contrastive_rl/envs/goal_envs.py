@@ -18,17 +18,17 @@ from torchrl.envs import Compose, DoubleToFloat, RewardSum, TransformedEnv
 from torchrl.envs.gym_like import BaseInfoDictReader
 from torchrl.envs.libs.gym import GymEnv, GymWrapper
 
-from contrastive_rl.config import ConfigError
-from contrastive_rl.locomaze import check_ogbench_env, image_kwargs, is_ogbench_name, make_ogbench_env
-from contrastive_rl.manipspace import VISUAL_PREFIX
-from contrastive_rl.pixels import (
+from contrastive_rl.errors import ConfigError
+from contrastive_rl.envs.ogbench import check_ogbench_env, image_kwargs, is_ogbench_name, make_ogbench_env
+from contrastive_rl.envs.ogbench import VISUAL_PREFIX
+from contrastive_rl.envs.pixels import (
     GOAL_PIXELS_KEY,
     PIXELS_KEY,
     make_pixel_gym_env,
     rendering_error,
     supports_image_goals,
 )
-from contrastive_rl.value_maps import supports_value_maps
+from contrastive_rl.envs.ogbench import supports_value_maps
 
 log = logging.getLogger(__name__)
 

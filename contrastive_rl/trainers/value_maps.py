@@ -17,11 +17,6 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 POINTS_PER_CELL = 6
 
 
-def supports_value_maps(env_name: str) -> bool:
-    """Value maps need states that are positions in the maze: OGBench's pointmazes."""
-    return env_name.startswith("pointmaze-")
-
-
 def maze_grid(maze, points_per_cell: int = POINTS_PER_CELL) -> tuple[np.ndarray, np.ndarray, tuple]:
     """Points spread evenly over the maze's map: ``xy`` ``[rows, columns, 2]``, a mask of those inside
     free cells, and the ``(left, right, bottom, top)`` extent of the map in the maze's coordinates."""

@@ -1,0 +1,1 @@
+"""Networks: the contrastive critic, the policies and the image encoders (as torchrl/modules)."""
