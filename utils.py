@@ -32,7 +32,8 @@ from contrastive_rl.envs.goal_envs import (
     vector_env_maker,
 )
 from contrastive_rl.envs.ogbench import NUM_TASKS, is_ogbench_name, make_ogbench_env
-from contrastive_rl.objectives.contrastive import ContrastiveLoss, make_contrastive_loss
+from contrastive_rl.objectives.contrastive import ContrastiveLoss
+from contrastive_rl.objectives.family import make_contrastive_loss
 from contrastive_rl.modules.models import (
     OGBENCH_FINAL_POLICY_SCALE,
     ContrastiveCritic,

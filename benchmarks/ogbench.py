@@ -47,7 +47,7 @@ sys.path[0] = str(ROOT)
 from benchmarks.learning_curve import read_scalar  # noqa: E402
 from benchmarks.reporting import RESULTS, say, shown  # noqa: E402
 from contrastive_rl.data.locomaze import OGBENCH_ROOT, REGENERABLE_DATASETS, write_locomaze_dataset  # noqa: E402
-from contrastive_rl.envs.ogbench import episode_steps, NUM_TASKS  # noqa: E402
+from contrastive_rl.envs.ogbench import NUM_TASKS, episode_steps  # noqa: E402
 from contrastive_rl.data.manipspace import write_manipulation_dataset  # noqa: E402
 from contrastive_rl.envs.ogbench import (  # noqa: E402
     full_dataset_name,

@@ -46,7 +46,7 @@ from contrastive_rl.data.locomaze import OGBENCH_ROOT, write_locomaze_dataset  #
 from contrastive_rl.data.offline import load_offline_data  # noqa: E402
 from contrastive_rl.trainers.runtime import tune_runtime  # noqa: E402
 from contrastive_rl.trainers.progress import planned_updates  # noqa: E402
-from contrastive_rl.trainers.update import GradientUpdate, set_matmul_precision, SpeedPlan  # noqa: E402
+from contrastive_rl.trainers.update import GradientUpdate, SpeedPlan, set_matmul_precision  # noqa: E402
 from utils import make_agent, make_loss_module, make_optimizer, make_replay_buffer, make_target_updater  # noqa: E402
 
 SIZES = {  # batch, hidden units, hidden layers, latent

@@ -11,7 +11,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 # The flat modules of earlier versions, and where their names went.
 MOVED = {
-    "loss": "contrastive_rl.objectives.contrastive", "models": "contrastive_rl.modules.models",
+    "loss": "contrastive_rl.objectives (ContrastiveLoss: objectives.contrastive; make_contrastive_loss: objectives.family)", "models": "contrastive_rl.modules.models",
     "envs": "contrastive_rl.envs.goal_envs", "pixels": "contrastive_rl.envs.pixels (image encoders: "
     "contrastive_rl.modules.encoders; RandomShiftCrop: contrastive_rl.data.augmentation)",
     "videos": "contrastive_rl.envs.videos", "scripted": "contrastive_rl.envs.scripted",

@@ -62,7 +62,7 @@ def test_the_imports_form_no_circle():
         visit(module)
 
 
-@pytest.mark.parametrize("old, where", [("loss", "contrastive_rl.objectives.contrastive"),
+@pytest.mark.parametrize("old, where", [("loss", "contrastive_rl.objectives"),
                                         ("config", "contrastive_rl.trainers.config")])
 def test_a_module_of_an_earlier_version_names_its_new_place(old, where):
     with pytest.raises(ModuleNotFoundError, match=f"contrastive_rl.{old} has moved: import from {where}"):

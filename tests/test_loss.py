@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import ACT, GOAL, OBS, make_batch, make_loss
-from contrastive_rl.objectives.contrastive import infonce_loss, logsumexp_penalty
+from contrastive_rl.objectives.critics import infonce_loss, logsumexp_penalty
 from contrastive_rl.modules.models import ContrastiveCritic
 from utils import make_optimizer
 

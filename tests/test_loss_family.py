@@ -5,13 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from contrastive_rl.objectives.contrastive import (
-    binary_nce_loss,
-    infonce_loss,
-    paired_energy,
-    pairwise_energy,
-    symmetric_infonce_loss,
-)
+from contrastive_rl.objectives.critics import binary_nce_loss, infonce_loss, symmetric_infonce_loss
+from contrastive_rl.objectives.energies import paired_energy, pairwise_energy
 from conftest import ACT, FakeEnvSpecs, build_agent, make_batch, make_loss
 from utils import make_optimizer, make_target_updater
 

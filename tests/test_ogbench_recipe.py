@@ -8,7 +8,7 @@ from torch import nn
 
 from contrastive_rl.errors import ConfigError
 from contrastive_rl.trainers.config import validate_config
-from contrastive_rl.objectives.contrastive import paired_energy, pairwise_energy
+from contrastive_rl.objectives.energies import paired_energy, pairwise_energy
 from conftest import ROOT, FakeEnvSpecs, build_agent, make_batch, make_loss
 from utils import make_optimizer
 

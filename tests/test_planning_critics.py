@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from conftest import StateGoalSpecs, build_agent, build_loss_module, check_config, state_goal_batch
-from contrastive_rl.objectives import contrastive as loss_lib
+from contrastive_rl.objectives import energies as energies_module
 from contrastive_rl.errors import ConfigError
 from contrastive_rl.trainers.config import validate_config
-from contrastive_rl.objectives.contrastive import iqe_distance, mrn_distance, paired_energy, pairwise_energy
+from contrastive_rl.objectives.energies import iqe_distance, mrn_distance, paired_energy, pairwise_energy
 
 def make_state_goal_loss(make_cfg, *overrides):
     cfg = make_cfg("model.hidden_dim=16", "model.num_layers=2", "model.embed_dim=8", "model.cold_init=false",
@@ -66,7 +66,7 @@ def test_quasimetric_energies_are_negative_distances_that_obey_the_triangle_ineq
 def test_pairwise_mrn_and_its_gradients_equal_the_broadcast_computation(block_floats, monkeypatch):
     """The pairwise distance's hand-written forward and backward, walking its pairs in one block or in
     blocks of a few rows, against autograd through a B x B x d difference."""
-    monkeypatch.setattr(loss_lib, "_CACHE_BLOCK_FLOATS", block_floats)
+    monkeypatch.setattr(energies_module, "_CACHE_BLOCK_FLOATS", block_floats)
     torch.manual_seed(0)
     x = torch.randn(2, 7, 16, dtype=torch.float64, requires_grad=True)
     y = torch.randn(2, 9, 16, dtype=torch.float64, requires_grad=True)

@@ -15,7 +15,7 @@ from contrastive_rl.errors import ConfigError
 from contrastive_rl.envs.goal_envs import GOAL_KEY, GOAL_KEYS
 from contrastive_rl.data.nonfinite import first_nonfinite_row
 from contrastive_rl.envs.pixels import PIXELS_KEY
-from contrastive_rl.data.locomaze import load_ogbench_transitions, OGBENCH_DATASET_PREFIX, OGBENCH_ROOT
+from contrastive_rl.data.locomaze import OGBENCH_DATASET_PREFIX, OGBENCH_ROOT, load_ogbench_transitions
 from contrastive_rl.envs.ogbench import env_id, image_kwargs, is_ogbench_name, make_ogbench_env
 
 DEFAULT_MINARI_ROOT = "~/.minari/datasets"

@@ -14,12 +14,9 @@ from contrastive_rl.data.replay import GOAL_OFFSETS
 from contrastive_rl.errors import ConfigError
 from contrastive_rl.modules.encoders import ENCODERS
 from contrastive_rl.modules.models import ACTIVATIONS, INITS, POLICIES, POLICY_MEANS
-from contrastive_rl.objectives.contrastive import (
-    ACTOR_LOSSES,
-    CONTRASTIVE_LOSSES,
-    ENERGIES,
-    QUASIMETRIC_ENERGIES,
-)
+from contrastive_rl.objectives.contrastive import ACTOR_LOSSES
+from contrastive_rl.objectives.family import CONTRASTIVE_LOSSES
+from contrastive_rl.objectives.energies import ENERGIES, QUASIMETRIC_ENERGIES
 from contrastive_rl.trainers.update import AUTOCAST_DTYPES
 
 LOGGER_BACKENDS = ("wandb", "tensorboard", "csv", "")
