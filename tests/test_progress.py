@@ -117,3 +117,16 @@ def test_dataset_generation_shows_a_bar_over_its_episodes(tmp_path, capsys, mode
         label = "pointmaze-medium-navigate-v0 train"
     bar = capsys.readouterr().err.replace("\r", "\n").splitlines()
     assert any(line.startswith(f"{label}: 100%") and "4/4" in line and "episodes/s" in line for line in bar), bar
+
+
+def test_the_offline_bar_counts_the_updates_themselves(make_cfg):
+    cfg = make_cfg()
+    with ProgressBar(cfg, torch.device("cpu"), 100, total=100, unit="updates", disable=False) as pbar:
+        pbar.updated(3)
+        pbar.show_updates(37, force=True)
+        assert pbar.n == 37
+    with ProgressBar(cfg, torch.device("cpu"), 100, total=100, unit="updates", disable=True) as hidden:
+        hidden.show_updates(37, force=True)  # a data-parallel rank's hidden bar takes it too
+    with ProgressBar(cfg, torch.device("cpu"), 100, total=1000, unit="frames", disable=False) as online:
+        online.show_updates(37, force=True)
+        assert online.n == 0  # the online bar counts frames

@@ -153,6 +153,7 @@ class ProgressBar(tqdm.tqdm):
 
     def __init__(self, cfg, device, total_updates: int, warmup_updates: int = 1, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.counts_updates = kwargs.get("unit") == "updates"  # the offline bar counts the updates themselves
         self.cfg = cfg
         self.device = device
         self.total_updates = total_updates
@@ -192,7 +193,7 @@ class ProgressBar(tqdm.tqdm):
     def show_updates(self, num_updates: int, force: bool = False) -> None:
         now = time.monotonic()
         if force or now - self._last_refresh >= REFRESH_SECONDS:
-            if self.unit == "updates":  # the offline bar counts the updates themselves
+            if self.counts_updates:
                 self.n = num_updates
             postfix = {"updates": f"{num_updates}/{self.total_updates}"}
             if self.success is not None:

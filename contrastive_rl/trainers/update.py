@@ -22,7 +22,7 @@ from contrastive_rl.errors import NonFiniteError
 log = logging.getLogger(__name__)
 AUTOCAST_DTYPES = {"": None, "bfloat16": torch.bfloat16}
 AUTO = "auto"
-# On a CPU, torch.compile pays for its start-up (about 20 s) after this many updates.
+# Runs of at least this many updates get torch.compile on a CPU, where its start-up pays back over them.
 CPU_COMPILE_MIN_UPDATES = 20_000
 COMPILE_WARMUP = 1  # eager calls before torch.compile traces the update
 CUDAGRAPH_WARMUP = 3  # compiled calls before the capture, so that nothing compiles while capturing
