@@ -195,3 +195,15 @@ def test_learnt_temperature_is_trained_with_the_critic(make_cfg):
     assert loss_module.log_temperature.grad is not None and loss_module.log_temperature.grad != 0
     optimizer.step()
     assert loss_module.temperature.item() != before
+
+
+def test_actor_objectives_equal_their_equations():
+    from contrastive_rl.objectives.actors import contrastive_actor_loss, ddpg_bc_actor_loss
+
+    q, log_prob, alpha = torch.tensor([1.0, -3.0]), torch.tensor([-0.5, 0.5]), torch.tensor(0.2)
+    # mean(alpha log pi - q) = mean(-0.1 - 1, 0.1 + 3) = 1.0; mixed with BC 2.0 at 0.25: 0.25 * 2 + 0.75 * 1.
+    assert contrastive_actor_loss(q, log_prob, alpha, None, 0.0).item() == pytest.approx(1.0)
+    assert contrastive_actor_loss(q, log_prob, alpha, torch.tensor(2.0), 0.25).item() == pytest.approx(1.25)
+    # -mean(q) / mean|q| = 1 / 2; plus 0.1 * BC 2.0.
+    assert ddpg_bc_actor_loss(q, None, 0.0).item() == pytest.approx(0.5, rel=1e-5)
+    assert ddpg_bc_actor_loss(q, torch.tensor(2.0), 0.1).item() == pytest.approx(0.7, rel=1e-5)

@@ -4,8 +4,8 @@ LossModule, the glue of the family's pieces.
 The critic objectives over the batch's logits are in ``critics.py`` (InfoNCE, symmetric InfoNCE, binary
 NCE), those that bootstrap in ``bootstrap.py`` (td, TD InfoNCE) and ``tmd.py`` (TMD); the energies
 (``dot``, ``scaled_dot``, ``cosine``, ``l2``, ``mrn``, ``iqe``) in ``energies.py``; ``family.py`` maps
-each critic loss's name to its class. Actor losses: ``contrastive`` (the paper's) and ``ddpg_bc``
-(OGBench's CRL).
+each critic loss's name to its class; the actor objectives, ``contrastive`` (the paper's) and
+``ddpg_bc`` (OGBench's CRL), in ``actors.py``.
 """
 from __future__ import annotations
 
@@ -21,12 +21,11 @@ from torch import nn
 from torchrl.objectives import LossModule
 
 from contrastive_rl.modules.models import ContrastiveCritic
+from contrastive_rl.objectives.actors import contrastive_actor_loss, ddpg_bc_actor_loss
 from contrastive_rl.objectives.critics import CRITIC_LOSSES, binary_nce_loss, logsumexp_penalty
 from contrastive_rl.objectives.energies import ENERGIES, paired_energy, pairwise_energy
 
 ACTOR_LOSSES = ("contrastive", "ddpg_bc")
-# Keeps the DDPG+BC normalisation finite when every Q is ~0 (OGBench's constant).
-_MIN_ABS_Q = 1e-6
 
 
 class ContrastiveLoss(LossModule):
@@ -328,17 +327,10 @@ class ContrastiveLoss(LossModule):
                 goal_repr = self.critic_network.encode_goal(goal)
             state_action_repr = self.critic_network.encode_state_action(observation, action, state)
         q = self.actor_q(state_action_repr, goal_repr)
+        bc = self._bc_loss(dist, observation, state, data_action, own_goal, num_random) if self.bc_coef else None
         if ddpg_bc:
-            loss_actor = -q.mean() / (q.abs().mean().detach() + _MIN_ABS_Q)
-            if self.bc_coef:
-                loss_bc = self._bc_loss(dist, observation, state, data_action, own_goal, num_random)
-                loss_actor = loss_actor + self.bc_coef * loss_bc
-            return loss_actor, log_prob
-        loss_actor = (self.alpha.detach() * log_prob - q).mean()
-        if self.bc_coef:
-            loss_bc = self._bc_loss(dist, observation, state, data_action, own_goal, num_random)
-            loss_actor = self.bc_coef * loss_bc + (1 - self.bc_coef) * loss_actor
-        return loss_actor, log_prob
+            return ddpg_bc_actor_loss(q, bc, self.bc_coef), log_prob
+        return contrastive_actor_loss(q, log_prob, self.alpha, bc, self.bc_coef), log_prob
 
     def actor_q(self, state_action_repr: torch.Tensor, goal_repr: torch.Tensor) -> torch.Tensor:
         """``[B]``: the value the actor maximises at its actions, min over critics of f(s_i, a_i, g_i)."""
