@@ -10,6 +10,8 @@ checkpoint (the transitions added since the previous one); ``dump`` is TorchRL's
 whole preallocated storage, which checkpoints used before. Each save deletes what it replaces only at
 its end, so the disk holds the previous checkpoint and the new bytes at once: peak extra disk during a
 save is the bytes it writes. Prints a table and writes it as JSON (``--output``).
+
+Its figures: docs/performance.md, "Checkpoint cost".
 """
 from __future__ import annotations
 

@@ -11,6 +11,8 @@ transforms and success reader, stepped by TorchRL's Collector with the function 
 Steps/s count env steps (``envs`` of them per collector step). The overhead column is the raw loop's
 steps/s over the collector's, medians over ``--repeats`` runs each, the two paths alternating. Prints a
 table and writes it as JSON (``--output``).
+
+Its figures: docs/performance.md, "Update speed and pipeline" (collection rows).
 """
 from __future__ import annotations
 

@@ -7,6 +7,8 @@ Every run has the same global configuration (``config_quick`` on FetchReach unle
 global batch, frames and number of updates, split over the processes. The machine's cores are split
 evenly between the processes (OMP_NUM_THREADS). Prints one row per process count with the ratio to one
 process, and writes the table as JSON (``--output``).
+
+Its figures: docs/performance.md, "Data-parallel training on this CPU".
 """
 from __future__ import annotations
 

@@ -6,6 +6,8 @@ Writes a PointMaze_UMaze dataset with make_dataset.py's noisy scripted controlle
 noise and random actions, so the data mixes good and poor behaviour), trains offline from it at the
 CPU-sized config, and prints success rate against gradient steps beside the data policy's own success;
 the curves go to a PNG (``--output``), named on the last line.
+
+Its figures: docs/results.md, "PointMaze_UMaze-v3, offline".
 """
 from __future__ import annotations
 

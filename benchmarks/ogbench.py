@@ -20,6 +20,9 @@ and saves a PNG of the curves and, with ``--value-maps``, each run's final value
 minutes; ``paper`` keeps each recipe's own.
 A dataset name with an episode tag (``visual-cube-single-play-10ep-v0``) trains on that smaller file
 of the same env; every run evaluates with OGBench's episode length of its env.
+
+Its figures: docs/results.md, "OGBench pointmaze, every preset" and "OGBench manipulation"; the README's
+results table.
 """
 from __future__ import annotations
 

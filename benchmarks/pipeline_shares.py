@@ -11,6 +11,8 @@
    the same uniform random actions (see collection_speed.py).
 
 Prints the three and writes them as JSON (``--output``).
+
+Its figures: docs/performance.md, "Update speed and pipeline" (time shares).
 """
 from __future__ import annotations
 

@@ -6,6 +6,8 @@ structure changes no figure: every update's losses, every logged evaluation, and
 
 Four runs: online (FetchReach-v4), offline (a Minari PointMaze dataset made here), offline then online
 from the same dataset, and an online run stopped at a checkpoint and resumed to the end.
+
+Its figures: no table: the check of docs/layout.md, "Checking that a change keeps every figure".
 """
 from __future__ import annotations
 

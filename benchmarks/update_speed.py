@@ -20,6 +20,9 @@ rounds of updates; the figure is the median over rounds. With ``--alongside``, a
 it has finished; when it prints a line ``UPDATES_PER_S <rate>`` the ratio of the mode's rate to that
 rate is printed: both measured over the same stretch of time on the same machine. The rows are also
 written as JSON (``--json``).
+
+Its figures: docs/performance.md, "TMD against its authors' JAX release" and "Offline updates per second
+against OGBench's JAX CRL"; the GPU check's updates/s (docs/gpu_check.md).
 """
 from __future__ import annotations
 

@@ -14,6 +14,8 @@ and backward torch.compile'd (as ``compile.compile=true``), compile time include
 candidates in alternation, round after round, so that a slow spell of the machine hits them all; the
 figures are medians over rounds. GPU rows are skipped on a machine without CUDA. The table is also
 written as JSON (``--output``).
+
+Its figures: docs/performance.md, "Update speed and pipeline" (roofline and naive updates).
 """
 from __future__ import annotations
 
