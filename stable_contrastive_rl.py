@@ -30,7 +30,7 @@ from contrastive_rl.trainers.checkpoint import (
     load_checkpoint,
     restart_episodes,
 )
-from contrastive_rl.errors import ConfigError
+from contrastive_rl.errors import ConfigError, NonFiniteError
 from contrastive_rl.trainers.config import get_device, rank_config, trains_online, validate_config
 from contrastive_rl.trainers.distributed import broadcast_from_rank_zero, init_distributed
 from contrastive_rl.envs.goal_envs import DataKeys, resolve_goal_env
@@ -40,7 +40,6 @@ from contrastive_rl.trainers.evaluation import (
     report_time_shares,
     train_episode_metrics,
 )
-from contrastive_rl.errors import NonFiniteError
 from contrastive_rl.data.offline import load_offline_data
 from contrastive_rl.trainers.progress import ProgressBar, RunProgress, describe_plan, offline_steps, planned_updates
 from contrastive_rl.trainers.runtime import tune_runtime

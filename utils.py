@@ -20,8 +20,8 @@ from torchrl.record.loggers import get_logger
 
 from contrastive_rl.trainers.config import trains_online
 from contrastive_rl.trainers.distributed import gather_batch
-from contrastive_rl.envs.goal_envs import EVAL_SEED_STREAM
 from contrastive_rl.envs.goal_envs import (
+    EVAL_SEED_STREAM,
     GOAL_KEY,
     DataKeys,
     SuccessInfoReader,

@@ -113,7 +113,7 @@ for row in "${SPEED_ROWS[@]}"; do
     read -r -a modes <<< "${row#*:}"
     if step "update_speed_$size" python benchmarks/update_speed.py --device $DEVICE --root "$DATA_ROOT" \
             --sizes "$size" --modes "${modes[@]}" "${SPEED_ARGS[@]}" --json "$RESULTS/update_speed_$size.json"; then
-        grep -E "updates/s|failed" "$SCRATCH/update_speed_$size.log" | tr '\r' '\n' | grep -E "updates/s|failed" \
+        tr '\r' '\n' < "$SCRATCH/update_speed_$size.log" | grep -E "updates/s|failed" \
             | sed 's/^.*\(small\|mid\|recipe\|paper\) /\1 /' | tee -a "$REPORT"
     fi
 done

@@ -50,14 +50,15 @@ sys.path[0] = str(ROOT)
 from benchmarks.learning_curve import read_scalar  # noqa: E402
 from benchmarks.reporting import RESULTS, say, shown  # noqa: E402
 from contrastive_rl.data.locomaze import OGBENCH_ROOT, REGENERABLE_DATASETS, write_locomaze_dataset  # noqa: E402
-from contrastive_rl.envs.ogbench import NUM_TASKS, episode_steps  # noqa: E402
-from contrastive_rl.data.manipspace import write_manipulation_dataset  # noqa: E402
 from contrastive_rl.envs.ogbench import (  # noqa: E402
+    NUM_TASKS,
+    episode_steps,
     full_dataset_name,
     is_manipulation_name,
     is_visual,
     subset_episodes,
 )
+from contrastive_rl.data.manipspace import write_manipulation_dataset  # noqa: E402
 
 # Hydra config of each recipe; the dataset and the episode length come from the dataset's name.
 RECIPES = {

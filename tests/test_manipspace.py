@@ -16,7 +16,15 @@ from conftest import ROOT, TINY_OVERRIDES, check_config, read_scalar, script
 from contrastive_rl.data import manipspace
 from contrastive_rl.errors import ConfigError
 from contrastive_rl.data.locomaze import load_ogbench_transitions
-from contrastive_rl.envs.ogbench import env_id, episode_steps, is_ogbench_name, make_ogbench_env
+from contrastive_rl.envs.ogbench import (
+    env_id,
+    episode_steps,
+    full_dataset_name,
+    is_ogbench_name,
+    make_ogbench_env,
+    state_dataset_name,
+    subset_episodes,
+)
 from contrastive_rl.data.manipspace import (
     EPISODE_STEPS,
     FrameRenderer,
@@ -27,7 +35,6 @@ from contrastive_rl.data.manipspace import (
     subset_name,
     write_manipulation_dataset,
 )
-from contrastive_rl.envs.ogbench import full_dataset_name, state_dataset_name, subset_episodes
 from contrastive_rl.envs.pixels import GOAL_PIXELS_KEY, PIXELS_KEY
 
 CUBE = "cube-single-play-v0"

@@ -8,10 +8,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import stable_contrastive_rl
 from benchmarks import update_speed
-from contrastive_rl.errors import ConfigError
+from contrastive_rl.errors import ConfigError, NonFiniteError
 from contrastive_rl.trainers.config import validate_config
 from contrastive_rl.objectives.energies import pairwise_energy
-from contrastive_rl.errors import NonFiniteError
 from contrastive_rl.trainers.update import CPU_COMPILE_MIN_UPDATES, GradientUpdate, SpeedPlan
 from conftest import FakeEnvSpecs, StateGoalSpecs, build_agent, build_loss_module, make_batch, state_goal_batch
 from utils import make_optimizer, make_target_updater

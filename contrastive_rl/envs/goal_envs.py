@@ -19,8 +19,14 @@ from torchrl.envs.gym_like import BaseInfoDictReader
 from torchrl.envs.libs.gym import GymEnv, GymWrapper
 
 from contrastive_rl.errors import ConfigError
-from contrastive_rl.envs.ogbench import check_ogbench_env, image_kwargs, is_ogbench_name, make_ogbench_env
-from contrastive_rl.envs.ogbench import VISUAL_PREFIX
+from contrastive_rl.envs.ogbench import (
+    VISUAL_PREFIX,
+    check_ogbench_env,
+    image_kwargs,
+    is_ogbench_name,
+    make_ogbench_env,
+    supports_value_maps,
+)
 from contrastive_rl.envs.pixels import (
     GOAL_PIXELS_KEY,
     PIXELS_KEY,
@@ -28,7 +34,6 @@ from contrastive_rl.envs.pixels import (
     rendering_error,
     supports_image_goals,
 )
-from contrastive_rl.envs.ogbench import supports_value_maps
 
 log = logging.getLogger(__name__)
 

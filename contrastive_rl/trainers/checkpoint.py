@@ -19,8 +19,7 @@ from torchrl.collectors import Collector
 
 from contrastive_rl.errors import ConfigError
 from contrastive_rl.trainers.config import flat_items
-from contrastive_rl.envs.goal_envs import TRAIN_SEED_STREAM
-from contrastive_rl.envs.goal_envs import stream_seed
+from contrastive_rl.envs.goal_envs import TRAIN_SEED_STREAM, stream_seed
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +33,11 @@ RESUMABLE_KEYS = ("checkpoint.", "collector.total_frames", "logger.backend", "lo
 
 def flat_config(cfg) -> dict:
     """The resolved config as ``{"group.key": value}``, without the entries a resumption may change."""
-    return {key: value for key, value in flat_items(cfg).items() if not key.startswith(RESUMABLE_KEYS)}
+    return without_resumable(flat_items(cfg))
+
+
+def without_resumable(flat: dict) -> dict:
+    return {key: value for key, value in flat.items() if not key.startswith(RESUMABLE_KEYS)}
 
 
 def checkpoint_files(directory: Path, keep: int) -> list[Path]:
@@ -88,8 +91,7 @@ def load_checkpoint(cfg, candidates: list[Path], offline_data=None) -> dict:
     loaded again)."""
     state, path = read_checkpoint(cfg, candidates)
     # Checkpoints of earlier versions saved entries that later became resumable: left out on both sides.
-    saved = {key: value for key, value in state["config"].items() if not key.startswith(RESUMABLE_KEYS)}
-    current = flat_config(cfg)
+    saved, current = without_resumable(state["config"]), flat_config(cfg)
     differing = sorted(key for key in saved.keys() | current.keys() if saved.get(key) != current.get(key))
     if differing:
         raise ConfigError(

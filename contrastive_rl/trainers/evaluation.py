@@ -10,8 +10,7 @@ from torchrl._utils import timeit
 from torchrl.envs import TransformedEnv
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from contrastive_rl.envs.goal_envs import EVAL_SEED_STREAM
-from contrastive_rl.envs.goal_envs import stream_seed
+from contrastive_rl.envs.goal_envs import EVAL_SEED_STREAM, stream_seed
 
 log = logging.getLogger(__name__)
 PROGRESS_BAR_STEPS = 10_000  # evaluations of at least this many env steps show a progress bar

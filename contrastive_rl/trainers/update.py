@@ -88,11 +88,17 @@ class GuardedSoftUpdate(SoftUpdate):
 
     def _step(self, p_source, p_target) -> None:
         # target += weight (source - target), as lerp_, whose tensor weight would be read on the host.
-        targets = [t.data for t in p_target.values(True, True)] if is_tensor_collection(p_target) else [p_target.data]
-        sources = [t.data for t in p_source.values(True, True)] if is_tensor_collection(p_source) else [p_source.data]
+        targets, sources = _leaves(p_target), _leaves(p_source)
         steps = torch._foreach_sub(sources, targets)
         torch._foreach_mul_(steps, self._weight)
         torch._foreach_add_(targets, steps)
+
+
+def _leaves(parameters) -> list[torch.Tensor]:
+    """The tensors of a parameter or of a tensordict of them."""
+    if is_tensor_collection(parameters):
+        return [tensor.data for tensor in parameters.values(True, True)]
+    return [parameters.data]
 
 
 class GradientUpdate:
